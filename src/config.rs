@@ -1,0 +1,369 @@
+//! Layered configuration: defaults → TOML file → `DEVCYCLE_*` environment
+//! (`__` nests: `DEVCYCLE_REGISTRY__LISTEN`) → command-line flags →
+//! [`Config::validate`]. Every error names the key at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{SpiffeId, valid_trust_domain};
+use crate::telemetry::LogFormat;
+use crate::tls::IdentityFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Holds the SQLite database and, in development, the CA and certificates.
+    pub data_dir: PathBuf,
+    /// The SPIFFE trust domain of the mesh.
+    pub trust_domain: String,
+    /// Default database of every service: `sqlite://...` or `postgres://...`.
+    /// Empty means `sqlite://<data_dir>/devcycle.db`.
+    pub database_url: String,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub tls: TlsConfig,
+    pub shutdown: ShutdownConfig,
+    pub registry: RegistryConfig,
+    pub client: ClientConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `RUST_LOG` syntax.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; empty disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Directory of `ca.pem` and `<kind>-<name>.pem|.key`; empty means
+    /// `<data_dir>/pki`.
+    pub dir: String,
+    /// Create a development CA and certificates in `dir` when missing.
+    pub dev_ca: bool,
+    /// How often certificate files are checked for changes.
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Health reports NOT_SERVING this long before the listener closes.
+    pub health_grace_ms: u64,
+    /// In-flight calls may run this long after the listener closes.
+    pub drain_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    pub listen: SocketAddr,
+    /// Overrides `database_url` for the registry.
+    pub database_url: String,
+    /// How often workers heartbeat.
+    pub heartbeat_interval_ms: u32,
+    /// A worker is DOWN after this many missed heartbeats.
+    pub missed_heartbeats: u32,
+}
+
+/// Where client commands find the mesh, and as whom they speak.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// host:port of the registry.
+    pub registry: String,
+    /// Identity whose certificate the CLI presents, `<kind>/<name>`.
+    pub identity: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let data_dir = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".devcycle"))
+            .unwrap_or_else(|| PathBuf::from(".devcycle"));
+        Self {
+            data_dir,
+            trust_domain: "devcycle.local".into(),
+            database_url: String::new(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            registry: RegistryConfig::default(),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            dev_ca: false,
+            reload_interval_ms: 5_000,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            health_grace_ms: 0,
+            drain_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            database_url: String::new(),
+            heartbeat_interval_ms: 5_000,
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            registry: "127.0.0.1:7401".into(),
+            identity: "user/admin".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment. Callers merge
+    /// their flags on top and finish with [`Config::from_figment`].
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            f = f.merge(Toml::file_exact(file));
+        }
+        f.merge(
+            Env::prefixed("DEVCYCLE_")
+                .split("__")
+                // Variables for the test harness and the config path itself
+                // are not configuration keys.
+                .filter(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    !k.starts_with("test_") && k != "config"
+                }),
+        )
+    }
+
+    pub fn from_figment(f: Figment) -> Result<Self, ConfigError> {
+        let config: Config = f.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults, file and environment, validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_trust_domain(&self.trust_domain) {
+            return Err(invalid(
+                "trust_domain",
+                "must be a lowercase DNS name such as devcycle.local",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        check_db_url("database_url", &self.database_url)?;
+        check_db_url("registry.database_url", &self.registry.database_url)?;
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                "must be host:port with an IP address, or empty",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return Err(invalid("log.filter", "not a valid RUST_LOG filter"));
+        }
+        if !(100..=600_000).contains(&self.tls.reload_interval_ms) {
+            return Err(invalid(
+                "tls.reload_interval_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(100..=600_000).contains(&self.registry.heartbeat_interval_ms) {
+            return Err(invalid(
+                "registry.heartbeat_interval_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(1..=100).contains(&self.registry.missed_heartbeats) {
+            return Err(invalid(
+                "registry.missed_heartbeats",
+                "must be between 1 and 100",
+            ));
+        }
+        if self.shutdown.drain_ms > 3_600_000 {
+            return Err(invalid("shutdown.drain_ms", "must be at most 3600000"));
+        }
+        if self.shutdown.health_grace_ms > 600_000 {
+            return Err(invalid(
+                "shutdown.health_grace_ms",
+                "must be at most 600000",
+            ));
+        }
+        self.client_identity()?;
+        Ok(())
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        if self.tls.dir.is_empty() {
+            self.data_dir.join("pki")
+        } else {
+            PathBuf::from(&self.tls.dir)
+        }
+    }
+
+    /// The database of a service: its own URL if set, else the shared one,
+    /// else the SQLite file in the data directory.
+    pub fn database_url_for<'a>(&'a self, service_url: &'a str) -> String {
+        if !service_url.is_empty() {
+            service_url.to_owned()
+        } else if !self.database_url.is_empty() {
+            self.database_url.clone()
+        } else {
+            format!("sqlite://{}", self.data_dir.join("devcycle.db").display())
+        }
+    }
+
+    pub fn service_id(&self, name: &str) -> SpiffeId {
+        SpiffeId::service(&self.trust_domain, name)
+            .expect("service names are constants and the trust domain is validated")
+    }
+
+    pub fn client_identity(&self) -> Result<SpiffeId, ConfigError> {
+        SpiffeId::parse(&format!(
+            "spiffe://{}/{}",
+            self.trust_domain, self.client.identity
+        ))
+        .map_err(|e| invalid("client.identity", format!("{e}")))
+    }
+
+    pub fn identity_files(&self, id: &SpiffeId) -> IdentityFiles {
+        IdentityFiles::in_dir(&self.tls_dir(), id)
+    }
+
+    pub fn health_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown.health_grace_ms)
+    }
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.shutdown.drain_ms)
+    }
+}
+
+fn check_db_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.is_empty()
+        || url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "must start with sqlite:, postgres:// or postgresql://",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "d.toml",
+                "trust_domain = \"file.local\"\n[registry]\nheartbeat_interval_ms = 2000\n",
+            )?;
+            jail.set_env("DEVCYCLE_REGISTRY__HEARTBEAT_INTERVAL_MS", "3000");
+            jail.set_env("DEVCYCLE_TEST_DATABASE_URL", "postgres://ignored");
+            let f = Config::figment(Some(Path::new("d.toml")))
+                .merge(Serialized::default("registry.missed_heartbeats", 7));
+            let c = Config::from_figment(f).expect("valid");
+            assert_eq!(c.trust_domain, "file.local");
+            assert_eq!(c.registry.heartbeat_interval_ms, 3000);
+            assert_eq!(c.registry.missed_heartbeats, 7);
+
+            jail.set_env("DEVCYCLE_REGISTRY__MISSED_HEARTBEATS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("registry.missed_heartbeats"), "{err}");
+
+            jail.set_env("DEVCYCLE_REGISTRY__MISSED_HEARTBEATS", "3");
+            jail.set_env("DEVCYCLE_REGISTRY__LISTEN", "not-an-address");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("registry.listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("d.toml", "[registry]\nlisten_port = 1\n")?;
+            let err = Config::load(Some(Path::new("d.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listen_port"), "{err}");
+            Ok(())
+        });
+    }
+}

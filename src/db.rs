@@ -1,0 +1,127 @@
+//! Database connections and migrations. One migration set per engine
+//! (`migrations/postgres`, `migrations/sqlite`), embedded in the binary and
+//! applied at start-up; on PostgreSQL sqlx holds an advisory lock while it
+//! migrates, so replicas starting together apply each migration once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+static PG_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// A connected, migrated database of either engine.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL must start with sqlite:, postgres:// or postgresql://")]
+    Scheme,
+    #[error("connecting to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Database {
+    /// Connects to `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, DbError> {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Database::Postgres(connect_postgres(url).await?)
+        } else if url.starts_with("sqlite:") {
+            Database::Sqlite(connect_sqlite(url).await?)
+        } else {
+            return Err(DbError::Scheme);
+        };
+        match &db {
+            Database::Postgres(pool) => PG_MIGRATOR.run(pool).await?,
+            Database::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await?,
+        }
+        Ok(db)
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Database::Postgres(_) => "postgres",
+            Database::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Postgres(p) => p.close().await,
+            Database::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+async fn connect_postgres(url: &str) -> Result<PgPool, DbError> {
+    let opts = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// WAL with `synchronous=NORMAL`: a committed transaction survives a process
+/// crash; the last commits may be lost on power loss (docs/design.md).
+async fn connect_sqlite(url: &str) -> Result<SqlitePool, DbError> {
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(DbError::Connect)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    if let Some(dir) = opts.get_filename().parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
+    }
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// What a failed statement means to a caller, decided once for every store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    UniqueViolation,
+    ForeignKeyViolation,
+    /// Busy, pool exhausted, connection lost: worth retrying later.
+    Unavailable,
+    Other,
+}
+
+pub fn classify(e: &sqlx::Error) -> Failure {
+    match e {
+        sqlx::Error::Database(db) => match db.kind() {
+            sqlx::error::ErrorKind::UniqueViolation => Failure::UniqueViolation,
+            sqlx::error::ErrorKind::ForeignKeyViolation => Failure::ForeignKeyViolation,
+            _ if db.code().as_deref() == Some("5") || db.code().as_deref() == Some("6") => {
+                Failure::Unavailable // SQLITE_BUSY, SQLITE_LOCKED
+            }
+            _ => Failure::Other,
+        },
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Failure::Unavailable,
+        _ => Failure::Other,
+    }
+}

@@ -1,0 +1,17 @@
+//! devcycle: the contracts of every service and the plumbing they share —
+//! configuration, telemetry, mTLS identity, authorization, storage, serving.
+
+pub mod authz;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod identity;
+pub mod page;
+pub mod proto;
+pub mod server;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod time;
+pub mod tls;
+pub mod validate;

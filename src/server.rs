@@ -1,0 +1,131 @@
+//! Serving a mesh service: mTLS listener, authorization, metrics, health,
+//! reflection, and graceful shutdown in a fixed order — cancellation, health
+//! NOT_SERVING, stop accepting, drain in-flight calls until a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::authz::{AuthzLayer, Policy};
+use crate::identity::SpiffeId;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::telemetry::GrpcMetricsLayer;
+use crate::tls::{MeshTls, incoming};
+
+/// One mesh gRPC server.
+pub struct MeshServer {
+    /// Name in logs and metrics, e.g. "registry".
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub tls: Arc<MeshTls>,
+    pub policy: Policy,
+    /// The only peer whose forwarded end-user principal is trusted.
+    pub gateway: SpiffeId,
+    /// Full names of the gRPC services reported by `grpc.health.v1`.
+    pub health_names: Vec<&'static str>,
+    /// How long health reports NOT_SERVING before the listener closes, so
+    /// load balancers stop routing here first.
+    pub health_grace: Duration,
+    /// How long in-flight calls may run after the listener closes.
+    pub drain: Duration,
+    pub reflection: bool,
+}
+
+impl MeshServer {
+    /// Serves `routes` until `shutdown` is cancelled and the drain ends.
+    pub async fn serve(self, routes: Routes, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        for name in &self.health_names {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        let mut routes = routes.add_service(health_svc);
+        if self.reflection {
+            let v1 = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            let v1alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?;
+            routes = routes.add_service(v1).add_service(v1alpha);
+        }
+        let addr = self.listener.local_addr()?;
+        let incoming = incoming(self.listener, self.tls);
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(GrpcMetricsLayer::new(self.name))
+            .layer(AuthzLayer::new(self.policy, self.gateway))
+            .add_routes(routes);
+
+        let signal = stop_signal(
+            shutdown.clone(),
+            health,
+            self.health_names.clone(),
+            self.health_grace,
+        );
+        tracing::info!(service = self.name, %addr, "serving");
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.health_grace + self.drain).await;
+        };
+        tokio::select! {
+            res = serve => res?,
+            _ = deadline => tracing::warn!(service = self.name, "drain deadline passed; dropping open calls"),
+        }
+        tracing::info!(service = self.name, "stopped");
+        Ok(())
+    }
+}
+
+async fn stop_signal(
+    shutdown: CancellationToken,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    grace: Duration,
+) {
+    shutdown.cancelled().await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for name in names {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    tokio::time::sleep(grace).await;
+}
+
+/// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("shutting down (signal again to exit at once)");
+        token.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, only an explicit cancellation stops us.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

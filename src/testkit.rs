@@ -1,0 +1,87 @@
+//! Test helpers shared by every crate's tests: a throwaway CA, and a fresh
+//! database per test on either engine so tests run in parallel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+
+use crate::identity::{Kind, SpiffeId};
+use crate::tls::{CertificateAuthority, MeshTls};
+
+pub const TRUST_DOMAIN: &str = "test.devcycle";
+
+/// A CA made at test time, issuing identities in [`TRUST_DOMAIN`].
+pub struct TestPki {
+    pub ca: CertificateAuthority,
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        crate::tls::install_default_provider();
+        Self {
+            ca: CertificateAuthority::generate(TRUST_DOMAIN).expect("generate test CA"),
+        }
+    }
+
+    pub fn id(kind: Kind, name: &str) -> SpiffeId {
+        SpiffeId::new(TRUST_DOMAIN, kind, name).expect("valid test identity")
+    }
+
+    /// An in-memory identity signed by this CA.
+    pub fn identity(&self, kind: Kind, name: &str) -> Arc<MeshTls> {
+        let id = Self::id(kind, name);
+        let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let issued = self
+            .ca
+            .issue(&id, &hosts, Duration::from_secs(3600))
+            .expect("issue test identity");
+        MeshTls::from_pem(
+            self.ca.cert_pem(),
+            &issued.cert_pem,
+            &issued.key_pem,
+            TRUST_DOMAIN,
+        )
+        .expect("load test identity")
+    }
+}
+
+/// The PostgreSQL server tests use: `DEVCYCLE_TEST_DATABASE_URL`, or the
+/// local default.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DEVCYCLE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A new, empty PostgreSQL database for one test. Panics with a hint when the
+/// server is unreachable: the test command starts one.
+pub async fn fresh_postgres() -> String {
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {admin} is unreachable ({e}); run scripts/test.sh, which starts one"
+            )
+        });
+    let name = format!("dc_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+/// A new SQLite database file for one test, in a directory removed on drop.
+pub fn fresh_sqlite() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    (dir, url)
+}

@@ -1,0 +1,135 @@
+//! Validation of caller input. Every error names the field at fault so that
+//! services can answer INVALID_ARGUMENT with a message a user can act on.
+
+use std::collections::HashMap;
+
+/// A field of a request that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T = ()> = std::result::Result<T, FieldError>;
+
+/// A DNS label (RFC 1123): 1-63 of `[a-z0-9-]`, starting with a letter and
+/// not ending with `-`.
+pub fn dns_label(field: &str, value: &str) -> Result {
+    let ok = (1..=63).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && !value.ends_with('-')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{value:?} is not a DNS label (1-63 characters of a-z, 0-9 and '-', starting with a letter)"
+            ),
+        ))
+    }
+}
+
+pub fn required(field: &str, value: &str) -> Result {
+    if value.is_empty() {
+        Err(FieldError::new(field, "is required"))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn max_bytes(field: &str, value: &str, max: usize) -> Result {
+    if value.len() > max {
+        Err(FieldError::new(
+            field,
+            format!("is {} bytes, at most {max} are allowed", value.len()),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn max_items(field: &str, len: usize, max: usize) -> Result {
+    if len > max {
+        Err(FieldError::new(
+            field,
+            format!("has {len} entries, at most {max} are allowed"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Characters of names such as capabilities and label keys.
+pub fn token(field: &str, value: &str, max: usize, extra: &[u8]) -> Result {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || extra.contains(&b)
+        });
+    if ok {
+        Ok(())
+    } else {
+        let extra: String = extra.iter().map(|b| format!(" '{}'", *b as char)).collect();
+        Err(FieldError::new(
+            field,
+            format!("{value:?} must be 1-{max} characters of a-z, 0-9, '-'{extra}"),
+        ))
+    }
+}
+
+/// At most 32 labels with keys of `[a-z0-9._/-]` and values of at most 128 bytes.
+pub fn labels(field: &str, labels: &HashMap<String, String>) -> Result {
+    max_items(field, labels.len(), 32)?;
+    for (k, v) in labels {
+        token(&format!("{field}[{k}]"), k, 63, b"._/")?;
+        max_bytes(&format!("{field}[{k}]"), v, 128)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "reviewer", "lint-2", &"a".repeat(63)] {
+            assert!(dns_label("name", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "2fast",
+            "Caps",
+            "a_b",
+            "trailing-",
+            &"a".repeat(64),
+            "a.b",
+        ] {
+            let e = dns_label("agent.name", bad).unwrap_err();
+            assert_eq!(e.field, "agent.name");
+        }
+    }
+
+    #[test]
+    fn label_rules() {
+        let mut l = HashMap::new();
+        l.insert("team".to_owned(), "core".to_owned());
+        assert!(labels("labels", &l).is_ok());
+        l.insert("Bad Key".to_owned(), "x".to_owned());
+        assert_eq!(labels("labels", &l).unwrap_err().field, "labels[Bad Key]");
+    }
+}
