@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod identity;
+pub mod mesh;
 pub mod page;
 pub mod proto;
 pub mod server;

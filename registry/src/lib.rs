@@ -1,1 +1,156 @@
-//! placeholder
+//! The Agent Registry: agents, immutable versions, deployments, dependency
+//! resolution, discovery, worker liveness and a resumable change stream.
+
+mod error;
+mod liveness;
+pub mod model;
+mod resolve;
+mod service;
+pub mod store;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcycle::authz::Policy;
+use devcycle::config::Config;
+use devcycle::db::Database;
+use devcycle::identity::SpiffeId;
+use devcycle::proto::registry::v1::agent_registry_server::{AgentRegistryServer, SERVICE_NAME};
+use devcycle::server::MeshServer;
+use devcycle::tls::MeshTls;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+
+/// Largest request the registry decodes; manifests are far smaller.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+const M: &str = "/devcycle.registry.v1.AgentRegistry/";
+
+/// Who may call what. Reads are open to every mesh identity; changes to
+/// agents come from people (directly or through the gateway); worker
+/// liveness comes from the workers themselves.
+pub fn policy() -> Policy {
+    const READ: &[&str] = &["*"];
+    const WRITE: &[&str] = &["user/*", "svc/gateway"];
+    const WORKER: &[&str] = &["worker/*"];
+    const WORKER_OR_ADMIN: &[&str] = &["worker/*", "user/*", "svc/gateway"];
+    let entries: Vec<(String, &[&str])> = [
+        ("CreateAgent", WRITE),
+        ("GetAgent", READ),
+        ("ListAgents", READ),
+        ("UpdateAgent", WRITE),
+        ("DeleteAgent", WRITE),
+        ("PublishVersion", WRITE),
+        ("GetVersion", READ),
+        ("ListVersions", READ),
+        ("Deploy", WRITE),
+        ("Rollback", WRITE),
+        ("ListDeployments", READ),
+        ("CheckCompatibility", READ),
+        ("FindAgents", READ),
+        ("RegisterWorker", WORKER),
+        ("WorkerHeartbeat", WORKER),
+        ("DeregisterWorker", WORKER_OR_ADMIN),
+        ("ListWorkers", READ),
+        ("Watch", READ),
+    ]
+    .into_iter()
+    .map(|(m, p)| (format!("{M}{m}"), p))
+    .collect();
+    let refs: Vec<(&str, &[&str])> = entries.iter().map(|(m, p)| (m.as_str(), *p)).collect();
+    Policy::new(&refs)
+}
+
+/// Everything the registry needs to run; `from_config` builds it for
+/// binaries, tests build it directly.
+pub struct Options {
+    pub listener: TcpListener,
+    pub tls: Arc<MeshTls>,
+    pub db: Database,
+    pub heartbeat_interval: Duration,
+    pub missed_heartbeats: u32,
+    pub gateway: SpiffeId,
+    pub health_grace: Duration,
+    pub drain: Duration,
+}
+
+impl Options {
+    /// Opens the database, loads the identity and binds the listener.
+    pub async fn from_config(
+        config: &Config,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let tls = devcycle::mesh::identity(config, &config.service_id("registry"), shutdown)?;
+        let db = Database::open(&config.database_url_for(&config.registry.database_url)).await?;
+        Ok(Self {
+            listener,
+            tls,
+            db,
+            heartbeat_interval: Duration::from_millis(u64::from(
+                config.registry.heartbeat_interval_ms,
+            )),
+            missed_heartbeats: config.registry.missed_heartbeats,
+            gateway: config.service_id("gateway"),
+            health_grace: config.health_grace(),
+            drain: config.drain(),
+        })
+    }
+}
+
+/// A registry that is accepting connections.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts serving; the returned task ends after `shutdown` and the drain.
+pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let addr = opts.listener.local_addr()?;
+    let store = store::open(&opts.db).await?;
+    let sweeper = liveness::spawn(
+        Arc::clone(&store),
+        opts.heartbeat_interval,
+        opts.missed_heartbeats,
+        shutdown.clone(),
+    );
+    let svc = service::Registry {
+        store,
+        heartbeat_interval: opts.heartbeat_interval,
+        shutdown: shutdown.clone(),
+    };
+    let routes = tonic::service::Routes::new(
+        AgentRegistryServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    let server = MeshServer {
+        name: "registry",
+        listener: opts.listener,
+        tls: opts.tls,
+        policy: policy(),
+        gateway: opts.gateway,
+        health_names: vec![SERVICE_NAME],
+        health_grace: opts.health_grace,
+        drain: opts.drain,
+        reflection: true,
+    };
+    let db = opts.db;
+    let task = tokio::spawn(async move {
+        let res = server.serve(routes, shutdown).await;
+        let _ = sweeper.await;
+        db.close().await;
+        res
+    });
+    Ok(Running { addr, task })
+}
+
+/// Serves the registry as configured until `shutdown`.
+pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.registry.listen).await?;
+    let opts = Options::from_config(config, listener, &shutdown).await?;
+    let running = start(opts, shutdown).await?;
+    running.task.await?
+}
