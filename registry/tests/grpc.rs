@@ -1,0 +1,821 @@
+//! The registry over the wire, with mTLS: the whole contract, bad input with
+//! precise statuses, and authorization by SPIFFE ID.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcycle::db::Database;
+use devcycle::identity::Kind;
+use devcycle::proto::registry::v1 as pb;
+use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
+use devcycle::testkit::{TestPki, fresh_sqlite};
+use devcycle::tls::MeshTls;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Mesh {
+    pki: TestPki,
+    addr: String,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn mesh_with(heartbeat: Duration, missed: u32) -> Mesh {
+    let pki = TestPki::new();
+    let (dir, url) = fresh_sqlite();
+    let stop = CancellationToken::new();
+    let opts = devcycle_registry::Options {
+        listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tls: pki.identity(Kind::Service, "registry"),
+        db: Database::open(&url).await.unwrap(),
+        heartbeat_interval: heartbeat,
+        missed_heartbeats: missed,
+        gateway: TestPki::id(Kind::Service, "gateway"),
+        health_grace: Duration::ZERO,
+        drain: Duration::from_secs(1),
+    };
+    let running = devcycle_registry::start(opts, stop.clone()).await.unwrap();
+    Mesh {
+        pki,
+        addr: running.addr.to_string(),
+        stop,
+        _dir: dir,
+    }
+}
+
+async fn mesh() -> Mesh {
+    mesh_with(Duration::from_secs(5), 3).await
+}
+
+impl Mesh {
+    fn client_as(&self, tls: &Arc<MeshTls>) -> AgentRegistryClient<Channel> {
+        let ch = devcycle::client::channel(tls, &self.addr, TestPki::id(Kind::Service, "registry"))
+            .unwrap();
+        AgentRegistryClient::new(ch)
+    }
+    fn client(&self, kind: Kind, name: &str) -> AgentRegistryClient<Channel> {
+        self.client_as(&self.pki.identity(kind, name))
+    }
+    fn admin(&self) -> AgentRegistryClient<Channel> {
+        self.client(Kind::User, "admin")
+    }
+}
+
+fn agent(name: &str) -> pb::CreateAgentRequest {
+    pb::CreateAgentRequest {
+        agent: Some(pb::Agent {
+            name: name.into(),
+            owner: "team".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn builtin() -> Option<pb::Runtime> {
+    Some(pb::Runtime {
+        kind: Some(pb::runtime::Kind::Builtin(pb::BuiltinRuntime {
+            name: "noop".into(),
+        })),
+    })
+}
+
+fn version(agent: &str, v: &str, deps: &[(&str, &str)]) -> pb::PublishVersionRequest {
+    pb::PublishVersionRequest {
+        version: Some(pb::AgentVersion {
+            agent: agent.into(),
+            version: v.into(),
+            runtime: builtin(),
+            capabilities: vec!["code.review".into()],
+            dependencies: deps
+                .iter()
+                .map(|(a, r)| pb::Dependency {
+                    agent: a.to_string(),
+                    requirement: r.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Asserts the status code and that the message names `field`.
+#[track_caller]
+fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
+    match r {
+        Err(s) => {
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(
+                s.message().contains(field),
+                "message {:?} should name {field}",
+                s.message()
+            );
+        }
+        Ok(v) => panic!("expected {code:?}, got {v:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_statuses() {
+    let m = mesh().await;
+    let mut c = m.admin();
+
+    expect_err(
+        c.create_agent(agent("Not_A_Label")).await,
+        Code::InvalidArgument,
+        "agent.name",
+    );
+    expect_err(
+        c.create_agent(pb::CreateAgentRequest { agent: None }).await,
+        Code::InvalidArgument,
+        "agent",
+    );
+    let mut no_owner = agent("x");
+    no_owner.agent.as_mut().unwrap().owner.clear();
+    expect_err(
+        c.create_agent(no_owner).await,
+        Code::InvalidArgument,
+        "agent.owner",
+    );
+    c.create_agent(agent("rev")).await.unwrap();
+    expect_err(
+        c.create_agent(agent("rev")).await,
+        Code::AlreadyExists,
+        "rev",
+    );
+
+    expect_err(
+        c.publish_version(version("rev", "1.0", &[])).await,
+        Code::InvalidArgument,
+        "version.version",
+    );
+    expect_err(
+        c.publish_version(version("rev", "1.0.0", &[("ghost", "^1")]))
+            .await,
+        Code::FailedPrecondition,
+        "version.dependencies[0].agent",
+    );
+    expect_err(
+        c.publish_version(version("rev", "1.0.0", &[("rev", "^1")]))
+            .await,
+        Code::InvalidArgument,
+        "version.dependencies[0].agent",
+    );
+    c.create_agent(agent("dep")).await.unwrap();
+    expect_err(
+        c.publish_version(version("rev", "1.0.0", &[("dep", "not a req")]))
+            .await,
+        Code::InvalidArgument,
+        "version.dependencies[0].requirement",
+    );
+    let mut bad_schema = version("rev", "1.0.0", &[]);
+    bad_schema.version.as_mut().unwrap().input_schema = r#"{"type": "no-such-type"}"#.into();
+    expect_err(
+        c.publish_version(bad_schema).await,
+        Code::InvalidArgument,
+        "version.input_schema",
+    );
+    let mut not_json = version("rev", "1.0.0", &[]);
+    not_json.version.as_mut().unwrap().output_schema = "{".into();
+    expect_err(
+        c.publish_version(not_json).await,
+        Code::InvalidArgument,
+        "version.output_schema",
+    );
+    let mut huge = version("rev", "1.0.0", &[]);
+    huge.version.as_mut().unwrap().input_schema =
+        format!(r#"{{"description": "{}"}}"#, "x".repeat(70 * 1024));
+    expect_err(
+        c.publish_version(huge).await,
+        Code::InvalidArgument,
+        "version.input_schema",
+    );
+    let mut no_runtime = version("rev", "1.0.0", &[]);
+    no_runtime.version.as_mut().unwrap().runtime = None;
+    expect_err(
+        c.publish_version(no_runtime).await,
+        Code::InvalidArgument,
+        "version.runtime",
+    );
+    // Beyond the transport limit: refused before decoding.
+    let mut giant = version("rev", "1.0.0", &[]);
+    giant.version.as_mut().unwrap().description = "x".repeat(2 * 1024 * 1024);
+    let err = c.publish_version(giant).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    // None of the refused publishes left anything behind.
+    let versions = c
+        .list_versions(pb::ListVersionsRequest {
+            agent: "rev".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(versions.versions.is_empty());
+
+    c.publish_version(version("rev", "1.0.0", &[]))
+        .await
+        .unwrap();
+    expect_err(
+        c.publish_version(version("rev", "1.0.0", &[])).await,
+        Code::AlreadyExists,
+        "immutable",
+    );
+    expect_err(
+        c.deploy(pb::DeployRequest {
+            agent: "rev".into(),
+            version: "9.9.9".into(),
+        })
+        .await,
+        Code::NotFound,
+        "version",
+    );
+    expect_err(
+        c.deploy(pb::DeployRequest {
+            agent: "nope".into(),
+            version: "1.0.0".into(),
+        })
+        .await,
+        Code::NotFound,
+        "agent",
+    );
+    expect_err(
+        c.list_agents(pb::ListAgentsRequest {
+            page_token: "bogus".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    expect_err(
+        c.list_agents(pb::ListAgentsRequest {
+            page_size: -5,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "page_size",
+    );
+    // Absurd page sizes are clamped, not refused.
+    let all = c
+        .list_agents(pb::ListAgentsRequest {
+            page_size: i32::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.agents.len(), 2);
+    expect_err(
+        c.update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                name: "rev".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        })
+        .await,
+        Code::InvalidArgument,
+        "update_mask.paths[0]",
+    );
+    expect_err(
+        c.rollback(pb::RollbackRequest {
+            agent: "rev".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "no previous version",
+    );
+    expect_err(
+        c.watch(pb::WatchRequest {
+            after_revision: Some(1_000_000),
+            agent: String::new(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "after_revision",
+    );
+}
+
+#[tokio::test]
+async fn deploy_rollback_and_compatibility() {
+    let m = mesh().await;
+    let mut c = m.admin();
+    for a in ["build", "test", "ci"] {
+        c.create_agent(agent(a)).await.unwrap();
+    }
+    for v in ["1.0.0", "1.1.0", "2.0.0"] {
+        c.publish_version(version("build", v, &[])).await.unwrap();
+    }
+    c.publish_version(version("test", "1.0.0", &[("build", "^1")]))
+        .await
+        .unwrap();
+    c.publish_version(version(
+        "ci",
+        "1.0.0",
+        &[("test", "^1"), ("build", ">=1.1")],
+    ))
+    .await
+    .unwrap();
+
+    // Nothing is live yet: ci's dependencies are named as not deployed.
+    let check = c
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            agent: "ci".into(),
+            version: "1.0.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!check.compatible);
+    assert_eq!(check.conflicts.len(), 2);
+    assert!(
+        check
+            .conflicts
+            .iter()
+            .all(|c| c.kind == pb::ConflictKind::NotDeployed as i32)
+    );
+    expect_err(
+        c.deploy(pb::DeployRequest {
+            agent: "test".into(),
+            version: "1.0.0".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "build",
+    );
+
+    let deploy = |agent: &str, v: &str| pb::DeployRequest {
+        agent: agent.into(),
+        version: v.into(),
+    };
+    c.deploy(deploy("build", "1.0.0")).await.unwrap();
+    c.deploy(deploy("test", "1.0.0")).await.unwrap();
+    // ci needs build >= 1.1 but 1.0.0 is live.
+    let err = c.deploy(deploy("ci", "1.0.0")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(">=1.1"), "{err:?}");
+    let d = c
+        .deploy(deploy("build", "1.1.0"))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(d.previous_version, "1.0.0");
+    // Deploying what is live is a no-op returning the same deployment.
+    let again = c
+        .deploy(deploy("build", "1.1.0"))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(again.revision, d.revision);
+    c.deploy(deploy("ci", "1.0.0")).await.unwrap();
+    let check = c
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            agent: "ci".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.compatible, "{check:?}");
+    let resolved: Vec<(String, String, i32)> = check
+        .resolved
+        .into_iter()
+        .map(|r| (r.agent, r.version, r.depth))
+        .collect();
+    assert!(resolved.contains(&("test".into(), "1.0.0".into(), 1)));
+    assert!(
+        resolved.contains(&("build".into(), "1.1.0".into(), 2)),
+        "{resolved:?}"
+    );
+
+    // build 2.0.0 would break test (^1) and ci: refused, naming the dependents.
+    let err = c.deploy(deploy("build", "2.0.0")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("test@1.0.0 requires build ^1"),
+        "{err:?}"
+    );
+
+    // Rollback goes down the history: 1.1.0 -> 1.0.0 is refused (ci needs >=1.1).
+    let err = c
+        .rollback(pb::RollbackRequest {
+            agent: "build".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    c.rollback(pb::RollbackRequest { agent: "ci".into() })
+        .await
+        .unwrap_err();
+    let history = c
+        .list_deployments(pb::ListDeploymentsRequest {
+            agent: "build".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.deployments[0].version, "1.1.0");
+    let older = c
+        .list_deployments(pb::ListDeploymentsRequest {
+            agent: "build".into(),
+            page_size: 1,
+            page_token: history.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(older.deployments[0].version, "1.0.0");
+
+    // A plain agent: deploy 1 then 2, roll back to 1, then nothing earlier.
+    c.create_agent(agent("solo")).await.unwrap();
+    for v in ["1.0.0", "2.0.0"] {
+        c.publish_version(version("solo", v, &[])).await.unwrap();
+        c.deploy(deploy("solo", v)).await.unwrap();
+    }
+    let rb = c
+        .rollback(pb::RollbackRequest {
+            agent: "solo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rb = rb.deployment.unwrap();
+    assert_eq!(
+        (rb.version.as_str(), rb.kind),
+        ("1.0.0", pb::DeploymentKind::Rollback as i32)
+    );
+    let live = c
+        .get_agent(pb::GetAgentRequest {
+            name: "solo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(live.agent.unwrap().live_version, "1.0.0");
+    expect_err(
+        c.rollback(pb::RollbackRequest {
+            agent: "solo".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "no previous version",
+    );
+
+    let found = c
+        .find_agents(pb::FindAgentsRequest {
+            capability: "code.review".into(),
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = found
+        .matches
+        .iter()
+        .map(|m| m.agent.clone().unwrap().name)
+        .collect();
+    assert_eq!(names, ["build", "ci"]);
+    let rest = c
+        .find_agents(pb::FindAgentsRequest {
+            capability: "code.review".into(),
+            page_size: 2,
+            page_token: found.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = rest
+        .matches
+        .iter()
+        .map(|m| m.agent.clone().unwrap().name)
+        .collect();
+    assert_eq!(names, ["solo", "test"]);
+    assert!(rest.next_page_token.is_empty());
+}
+
+#[tokio::test]
+async fn cycles_are_named() {
+    let m = mesh().await;
+    let mut c = m.admin();
+    for a in ["a", "b"] {
+        c.create_agent(agent(a)).await.unwrap();
+    }
+    c.publish_version(version("a", "1.0.0", &[])).await.unwrap();
+    c.deploy(pb::DeployRequest {
+        agent: "a".into(),
+        version: "1.0.0".into(),
+    })
+    .await
+    .unwrap();
+    c.publish_version(version("b", "1.0.0", &[("a", "^1")]))
+        .await
+        .unwrap();
+    c.deploy(pb::DeployRequest {
+        agent: "b".into(),
+        version: "1.0.0".into(),
+    })
+    .await
+    .unwrap();
+    c.publish_version(version("a", "1.1.0", &[("b", "^1")]))
+        .await
+        .unwrap();
+    let check = c
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            agent: "a".into(),
+            version: "1.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cycle = check
+        .conflicts
+        .iter()
+        .find(|c| c.kind == pb::ConflictKind::Cycle as i32)
+        .expect("cycle reported");
+    assert_eq!(cycle.path, ["a", "b", "a"]);
+    expect_err(
+        c.deploy(pb::DeployRequest {
+            agent: "a".into(),
+            version: "1.1.0".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "dependency cycle: a -> b -> a",
+    );
+}
+
+#[tokio::test]
+async fn identities_are_authorized_per_method() {
+    let m = mesh().await;
+    let mut worker = m.client(Kind::Worker, "w1");
+    expect_err(
+        worker.create_agent(agent("x")).await,
+        Code::PermissionDenied,
+        "CreateAgent",
+    );
+    worker
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap();
+
+    let w = |id: &str| pb::RegisterWorkerRequest {
+        worker: Some(pb::Worker {
+            id: id.into(),
+            capacity: 2,
+            ..Default::default()
+        }),
+    };
+    expect_err(
+        worker.register_worker(w("w2")).await,
+        Code::PermissionDenied,
+        "worker.id",
+    );
+    worker.register_worker(w("w1")).await.unwrap();
+    let mut admin = m.admin();
+    expect_err(
+        admin.register_worker(w("w1")).await,
+        Code::PermissionDenied,
+        "RegisterWorker",
+    );
+    expect_err(
+        worker
+            .register_worker(pb::RegisterWorkerRequest {
+                worker: Some(pb::Worker {
+                    id: "w1".into(),
+                    capacity: 0,
+                    ..Default::default()
+                }),
+            })
+            .await,
+        Code::InvalidArgument,
+        "worker.capacity",
+    );
+    let mut scheduler = m.client(Kind::Service, "scheduler");
+    expect_err(
+        scheduler.deploy(pb::DeployRequest::default()).await,
+        Code::PermissionDenied,
+        "Deploy",
+    );
+}
+
+#[tokio::test]
+async fn principal_is_trusted_only_from_the_gateway() {
+    let m = mesh().await;
+    let with_subject = |req: pb::CreateAgentRequest| {
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut()
+            .insert("x-devcycle-subject", "alice".parse().unwrap());
+        r
+    };
+    let mut gateway = m.client(Kind::Service, "gateway");
+    gateway
+        .create_agent(with_subject(agent("via-gw")))
+        .await
+        .unwrap();
+    let mut user = m.client(Kind::User, "bob");
+    user.create_agent(with_subject(agent("direct")))
+        .await
+        .unwrap();
+
+    let mut watch = m
+        .admin()
+        .watch(pb::WatchRequest {
+            after_revision: Some(0),
+            agent: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().event.unwrap();
+    let second = watch.message().await.unwrap().unwrap().event.unwrap();
+    assert_eq!(
+        (first.agent.as_str(), first.actor.as_str()),
+        ("via-gw", "user/alice")
+    );
+    assert_eq!(
+        (second.agent.as_str(), second.actor.as_str()),
+        ("direct", "user/bob")
+    );
+}
+
+#[tokio::test]
+async fn watch_replays_resumes_and_follows() {
+    let m = mesh().await;
+    let mut c = m.admin();
+    for a in ["w-a", "w-b", "w-c"] {
+        c.create_agent(agent(a)).await.unwrap();
+    }
+    let mut all = c
+        .watch(pb::WatchRequest {
+            after_revision: Some(0),
+            agent: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            all.message()
+                .await
+                .unwrap()
+                .unwrap()
+                .event
+                .unwrap()
+                .revision,
+        );
+    }
+    assert_eq!(seen, [1, 2, 3]);
+
+    // Resume after revision 1: exactly 2 and 3, then live changes.
+    let mut resumed = c
+        .watch(pb::WatchRequest {
+            after_revision: Some(1),
+            agent: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut only_new = c
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut only_b = c
+        .watch(pb::WatchRequest {
+            after_revision: Some(0),
+            agent: "w-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.publish_version(version("w-b", "1.0.0", &[]))
+        .await
+        .unwrap();
+    let revs: Vec<i64> = [
+        resumed.message().await.unwrap().unwrap(),
+        resumed.message().await.unwrap().unwrap(),
+        resumed.message().await.unwrap().unwrap(),
+    ]
+    .into_iter()
+    .map(|r| r.event.unwrap().revision)
+    .collect();
+    assert_eq!(revs, [2, 3, 4]);
+    let next = tokio::time::timeout(Duration::from_secs(2), all.message())
+        .await
+        .unwrap();
+    let e = next.unwrap().unwrap().event.unwrap();
+    assert_eq!(
+        (e.revision, e.kind),
+        (4, pb::EventKind::VersionPublished as i32)
+    );
+    let e = only_new.message().await.unwrap().unwrap().event.unwrap();
+    assert_eq!(e.revision, 4, "unset after_revision starts at the head");
+    let b: Vec<i64> = [
+        only_b.message().await.unwrap().unwrap(),
+        only_b.message().await.unwrap().unwrap(),
+    ]
+    .into_iter()
+    .map(|r| r.event.unwrap().revision)
+    .collect();
+    assert_eq!(b, [2, 4]);
+}
+
+#[tokio::test]
+async fn workers_go_down_after_missed_heartbeats() {
+    let m = mesh_with(Duration::from_millis(100), 2).await;
+    let mut w = m.client(Kind::Worker, "exec-1");
+    let reg = w
+        .register_worker(pb::RegisterWorkerRequest {
+            worker: Some(pb::Worker {
+                id: "exec-1".into(),
+                agents: vec!["lint".into()],
+                capacity: 4,
+                address: "127.0.0.1:7403".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reg.heartbeat_interval_ms, 100);
+    let mut admin = m.admin();
+    let state = |r: pb::ListWorkersResponse| r.workers[0].state;
+    let list = pb::ListWorkersRequest {
+        agent: "lint".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        state(admin.list_workers(list.clone()).await.unwrap().into_inner()),
+        pb::WorkerState::Up as i32
+    );
+
+    let mut down = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if state(admin.list_workers(list.clone()).await.unwrap().into_inner())
+            == pb::WorkerState::Down as i32
+        {
+            down = true;
+            break;
+        }
+    }
+    assert!(down, "worker marked down after missed heartbeats");
+    w.worker_heartbeat(pb::WorkerHeartbeatRequest {
+        worker_id: "exec-1".into(),
+        in_flight: 1,
+        draining: false,
+    })
+    .await
+    .unwrap();
+    let r = admin.list_workers(list).await.unwrap().into_inner();
+    assert_eq!(
+        (r.workers[0].state, r.workers[0].in_flight),
+        (pb::WorkerState::Up as i32, 1)
+    );
+    expect_err(
+        m.client(Kind::Worker, "ghost")
+            .worker_heartbeat(pb::WorkerHeartbeatRequest {
+                worker_id: "ghost".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "worker_id",
+    );
+}
+
+#[test]
+fn every_registry_method_has_a_policy_entry() {
+    let policy = devcycle_registry::policy();
+    let methods: Vec<String> = devcycle::proto::all_methods()
+        .into_iter()
+        .filter(|m| m.starts_with("/devcycle.registry.v1."))
+        .collect();
+    assert_eq!(methods.len(), 18);
+    for m in methods {
+        assert!(policy.has_entry(&m), "{m} has no policy entry");
+    }
+}
