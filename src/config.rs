@@ -184,7 +184,13 @@ impl Config {
     /// Defaults, then `file` (if any), then the environment. Callers merge
     /// their flags on top and finish with [`Config::from_figment`].
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        Self::figment_over(Config::default(), file)
+    }
+
+    /// Like [`Config::figment`] with other defaults (`devcycle up` turns on
+    /// the development CA, for instance).
+    pub fn figment_over(defaults: Config, file: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(defaults));
         if let Some(file) = file {
             f = f.merge(Toml::file_exact(file));
         }

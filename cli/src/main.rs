@@ -1,1 +1,151 @@
-fn main() {}
+//! The `devcycle` command: run the mesh (`up`) or one service, and talk to it.
+
+mod agent;
+mod connect;
+mod manifest;
+mod output;
+mod pki;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use devcycle::config::Config;
+use figment::providers::Serialized;
+
+#[derive(Debug, Parser)]
+#[command(name = "devcycle", version, about = "A service mesh of AI agent workers for the software lifecycle")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "DEVCYCLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (database, development CA and certificates).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole mesh in this process with embedded storage.
+    Up(up::UpArgs),
+    /// Serve the Agent Registry.
+    Registry {
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        /// sqlite:... or postgres://...
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Agents: create, publish, deploy, roll back, find, check.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// Executors known to the registry.
+    #[command(subcommand)]
+    Worker(agent::WorkerCmd),
+    /// Certificates of the mesh.
+    #[command(subcommand)]
+    Pki(pki::PkiCmd),
+}
+
+/// Where configuration comes from: the file and data directory flags.
+struct Sources {
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+}
+
+fn load_config(
+    src: &Sources,
+    defaults: Config,
+    flags: Vec<(&str, serde_json::Value)>,
+) -> anyhow::Result<Config> {
+    let mut f = Config::figment_over(defaults, src.config.as_deref());
+    if let Some(d) = &src.data_dir {
+        f = f.merge(Serialized::default("data_dir", d));
+    }
+    for (key, value) in flags {
+        f = f.merge(Serialized::default(key, value));
+    }
+    Ok(Config::from_figment(f)?)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+                None => eprintln!("error: {e:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn code_name(c: tonic::Code) -> String {
+    format!("{c:?}")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let src = Sources {
+        config: cli.config,
+        data_dir: cli.data_dir,
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::Up(args) => {
+            let mut defaults = Config::default();
+            defaults.tls.dev_ca = true;
+            let config = load_config(&src, defaults, args.flags())?;
+            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+            up::run(config).await
+        }
+        Command::Registry {
+            listen,
+            database_url,
+        } => {
+            let mut flags = Vec::new();
+            if let Some(l) = listen {
+                flags.push(("registry.listen", serde_json::Value::from(l)));
+            }
+            if let Some(u) = database_url {
+                flags.push(("registry.database_url", serde_json::Value::from(u)));
+            }
+            let config = load_config(&src, Config::default(), flags)?;
+            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            devcycle::server::cancel_on_signals(shutdown.clone());
+            if !config.metrics.listen.is_empty() {
+                devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
+            }
+            devcycle_registry::serve(&config, shutdown).await
+        }
+        Command::Agent(cmd) => {
+            let config = load_config(&src, Config::default(), vec![])?;
+            let clients = connect::Clients::new(config)?;
+            agent::run(cmd, &clients, json).await
+        }
+        Command::Worker(cmd) => {
+            let config = load_config(&src, Config::default(), vec![])?;
+            let clients = connect::Clients::new(config)?;
+            agent::run_worker(cmd, &clients, json).await
+        }
+        Command::Pki(cmd) => {
+            let config = load_config(&src, Config::default(), vec![])?;
+            pki::run(&cmd, &config)
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! How client commands reach the mesh: over mTLS, as the identity whose
+//! certificate is in the data directory (`devcycle up` creates it).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use devcycle::config::Config;
+use devcycle::tls::MeshTls;
+use tonic::transport::Channel;
+
+pub struct Clients {
+    config: Config,
+    tls: Arc<MeshTls>,
+}
+
+impl Clients {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        devcycle::tls::install_default_provider();
+        let id = config.client_identity()?;
+        let files = config.identity_files(&id);
+        let tls = MeshTls::from_files(files.clone(), &config.trust_domain).with_context(|| {
+            format!(
+                "no client certificate for {id} at {} (start the mesh with `devcycle up`, or set tls.dir)",
+                files.cert.display()
+            )
+        })?;
+        Ok(Self { config, tls })
+    }
+
+    pub fn registry(
+        &self,
+    ) -> anyhow::Result<devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient<Channel>> {
+        let ch = devcycle::client::channel(
+            &self.tls,
+            &self.config.client.registry,
+            self.config.service_id("registry"),
+        )?;
+        Ok(devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient::new(ch))
+    }
+}

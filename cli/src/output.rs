@@ -1,0 +1,50 @@
+//! Printing results: aligned tables for people, `--json` for programs.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Prints rows under a header with columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// RFC 3339 in UTC, to the second; empty for an unset time.
+pub fn time(ts: &Option<prost_types::Timestamp>) -> String {
+    match ts {
+        Some(t) if t.seconds > 0 => {
+            let at = UNIX_EPOCH + Duration::from_secs(t.seconds as u64);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_owned() }
+}
