@@ -80,7 +80,9 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
         AgentCmd::Create { file } => {
             let m = Manifest::load(&file)?;
             let a = c
-                .create_agent(pb::CreateAgentRequest { agent: Some(m.agent()) })
+                .create_agent(pb::CreateAgentRequest {
+                    agent: Some(m.agent()),
+                })
                 .await?
                 .into_inner()
                 .agent
@@ -90,7 +92,9 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
         AgentCmd::Publish { file } => {
             let m = Manifest::load(&file)?;
             let v = c
-                .publish_version(pb::PublishVersionRequest { version: Some(m.version()) })
+                .publish_version(pb::PublishVersionRequest {
+                    version: Some(m.version()),
+                })
                 .await?
                 .into_inner()
                 .version
@@ -105,12 +109,20 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
             let m = Manifest::load(&file)?;
             apply(&mut c, &m, deploy).await?;
             if !as_json {
-                println!("applied {}@{}{}", m.name, m.version, if deploy { " (live)" } else { "" });
+                println!(
+                    "applied {}@{}{}",
+                    m.name,
+                    m.version,
+                    if deploy { " (live)" } else { "" }
+                );
             }
         }
         AgentCmd::Deploy { name, version } => {
             let d = c
-                .deploy(pb::DeployRequest { agent: name, version })
+                .deploy(pb::DeployRequest {
+                    agent: name,
+                    version,
+                })
                 .await?
                 .into_inner()
                 .deployment
@@ -171,16 +183,23 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
             let live = if a.live_version.is_empty() {
                 None
             } else {
-                c.get_version(pb::GetVersionRequest { agent: name, version: String::new() })
-                    .await?
-                    .into_inner()
-                    .version
+                c.get_version(pb::GetVersionRequest {
+                    agent: name,
+                    version: String::new(),
+                })
+                .await?
+                .into_inner()
+                .version
             };
             show_agent(&a, live.as_ref(), as_json);
         }
         AgentCmd::Versions { name } => {
             let r = c
-                .list_versions(pb::ListVersionsRequest { agent: name, page_size: 1000, ..Default::default() })
+                .list_versions(pb::ListVersionsRequest {
+                    agent: name,
+                    page_size: 1000,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             if as_json {
@@ -203,11 +222,17 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
         }
         AgentCmd::History { name } => {
             let r = c
-                .list_deployments(pb::ListDeploymentsRequest { agent: name, page_size: 1000, ..Default::default() })
+                .list_deployments(pb::ListDeploymentsRequest {
+                    agent: name,
+                    page_size: 1000,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             if as_json {
-                output::json(&Value::Array(r.deployments.iter().map(deployment_json).collect()));
+                output::json(&Value::Array(
+                    r.deployments.iter().map(deployment_json).collect(),
+                ));
             } else {
                 let rows: Vec<Vec<String>> = r
                     .deployments
@@ -223,10 +248,16 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
                         ]
                     })
                     .collect();
-                table(&["REVISION", "VERSION", "KIND", "PREVIOUS", "TIME", "BY"], &rows);
+                table(
+                    &["REVISION", "VERSION", "KIND", "PREVIOUS", "TIME", "BY"],
+                    &rows,
+                );
             }
         }
-        AgentCmd::Find { capability, labels: wanted } => {
+        AgentCmd::Find {
+            capability,
+            labels: wanted,
+        } => {
             let r = c
                 .find_agents(pb::FindAgentsRequest {
                     capability: capability.unwrap_or_default(),
@@ -255,7 +286,12 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
                     .map(|m| {
                         let a = m.agent.clone().unwrap_or_default();
                         let v = m.live.clone().unwrap_or_default();
-                        vec![a.name, v.version, v.capabilities.join(","), labels(&a.labels)]
+                        vec![
+                            a.name,
+                            v.version,
+                            v.capabilities.join(","),
+                            labels(&a.labels),
+                        ]
                     })
                     .collect();
                 table(&["NAME", "LIVE", "CAPABILITIES", "LABELS"], &rows);
@@ -282,19 +318,33 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
                 }));
             } else {
                 for d in &r.resolved {
-                    println!("{}{} {} -> {}", "  ".repeat(d.depth as usize), d.agent, d.requirement, d.version);
+                    println!(
+                        "{}{} {} -> {}",
+                        "  ".repeat(d.depth as usize),
+                        d.agent,
+                        d.requirement,
+                        d.version
+                    );
                 }
                 for c in &r.conflicts {
                     println!("conflict ({}): {}", conflict_kind(c.kind), c.message);
                 }
-                println!("{}", if r.compatible { "compatible" } else { "NOT compatible" });
+                println!(
+                    "{}",
+                    if r.compatible {
+                        "compatible"
+                    } else {
+                        "NOT compatible"
+                    }
+                );
             }
             if !r.compatible {
                 std::process::exit(1);
             }
         }
         AgentCmd::Delete { name } => {
-            c.delete_agent(pb::DeleteAgentRequest { name: name.clone() }).await?;
+            c.delete_agent(pb::DeleteAgentRequest { name: name.clone() })
+                .await?;
             if !as_json {
                 println!("deleted {name}");
             }
@@ -309,16 +359,29 @@ pub async fn apply(
     m: &Manifest,
     deploy: bool,
 ) -> anyhow::Result<()> {
-    match c.create_agent(pb::CreateAgentRequest { agent: Some(m.agent()) }).await {
+    match c
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(m.agent()),
+        })
+        .await
+    {
         Ok(_) => {}
         Err(s) if s.code() == Code::AlreadyExists => {}
         Err(s) => return Err(s.into()),
     }
-    match c.publish_version(pb::PublishVersionRequest { version: Some(m.version()) }).await {
+    match c
+        .publish_version(pb::PublishVersionRequest {
+            version: Some(m.version()),
+        })
+        .await
+    {
         Ok(_) => {}
         Err(s) if s.code() == Code::AlreadyExists => {
             let existing = c
-                .get_version(pb::GetVersionRequest { agent: m.name.clone(), version: m.version.clone() })
+                .get_version(pb::GetVersionRequest {
+                    agent: m.name.clone(),
+                    version: m.version.clone(),
+                })
                 .await?
                 .into_inner()
                 .version
@@ -339,7 +402,11 @@ pub async fn apply(
         Err(s) => return Err(s.into()),
     }
     if deploy {
-        c.deploy(pb::DeployRequest { agent: m.name.clone(), version: m.version.clone() }).await?;
+        c.deploy(pb::DeployRequest {
+            agent: m.name.clone(),
+            version: m.version.clone(),
+        })
+        .await?;
     }
     Ok(())
 }
@@ -378,7 +445,11 @@ pub async fn run_worker(cmd: WorkerCmd, clients: &Clients, as_json: bool) -> any
                             w.id.clone(),
                             worker_state(w.state).into(),
                             format!("{}/{}", w.in_flight, w.capacity),
-                            if w.agents.is_empty() { "*".into() } else { w.agents.join(",") },
+                            if w.agents.is_empty() {
+                                "*".into()
+                            } else {
+                                w.agents.join(",")
+                            },
                             time(&w.last_heartbeat_time),
                         ]
                     })
@@ -467,7 +538,10 @@ fn show_deployment(d: &pb::Deployment, as_json: bool) {
         output::json(&deployment_json(d));
     } else {
         if kind(d.kind) == "rollback" {
-            println!("rolled back: {}@{} is live (revision {})", d.agent, d.version, d.revision);
+            println!(
+                "rolled back: {}@{} is live (revision {})",
+                d.agent, d.version, d.revision
+            );
         } else {
             println!(
                 "deployed: {}@{} is live (was {}, revision {})",

@@ -29,7 +29,9 @@ impl Clients {
 
     pub fn registry(
         &self,
-    ) -> anyhow::Result<devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient<Channel>> {
+    ) -> anyhow::Result<
+        devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient<Channel>,
+    > {
         let ch = devcycle::client::channel(
             &self.tls,
             &self.config.client.registry,

@@ -14,7 +14,11 @@ use devcycle::config::Config;
 use figment::providers::Serialized;
 
 #[derive(Debug, Parser)]
-#[command(name = "devcycle", version, about = "A service mesh of AI agent workers for the software lifecycle")]
+#[command(
+    name = "devcycle",
+    version,
+    about = "A service mesh of AI agent workers for the software lifecycle"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true, env = "DEVCYCLE_CONFIG")]

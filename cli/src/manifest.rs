@@ -160,7 +160,8 @@ impl Manifest {
     }
 
     pub fn version(&self) -> pb::AgentVersion {
-        let schema = |s: &Option<serde_json::Value>| s.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        let schema =
+            |s: &Option<serde_json::Value>| s.as_ref().map(|v| v.to_string()).unwrap_or_default();
         let l = &self.limits;
         pb::AgentVersion {
             agent: self.name.clone(),
@@ -215,7 +216,11 @@ impl Manifest {
                 max_retries: h.max_retries,
             })
         } else {
-            let name = r.builtin.as_ref().map(|b| b.name.clone()).unwrap_or_default();
+            let name = r
+                .builtin
+                .as_ref()
+                .map(|b| b.name.clone())
+                .unwrap_or_default();
             Kind::Builtin(pb::BuiltinRuntime { name })
         };
         pb::Runtime { kind: Some(kind) }
@@ -244,7 +249,12 @@ mod tests {
     #[test]
     fn exactly_one_runtime() {
         let two = "name: a\nowner: b\nversion: 1.0.0\nruntime: {builtin: {name: noop}, http: {url: 'http://x'}}\n";
-        assert!(Manifest::parse(two).unwrap_err().to_string().contains("exactly one"));
+        assert!(
+            Manifest::parse(two)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
     }
 
     #[test]

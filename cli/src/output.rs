@@ -46,5 +46,9 @@ pub fn time(ts: &Option<prost_types::Timestamp>) -> String {
 }
 
 pub fn or_dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_owned() }
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
 }

@@ -41,7 +41,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(config.registry.listen)
         .await
-        .with_context(|| format!("registry.listen: cannot listen on {}", config.registry.listen))?;
+        .with_context(|| {
+            format!(
+                "registry.listen: cannot listen on {}",
+                config.registry.listen
+            )
+        })?;
     let opts = devcycle_registry::Options::from_config(&config, listener, &shutdown).await?;
     let registry = devcycle_registry::start(opts, shutdown.clone()).await?;
 
@@ -54,9 +59,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.metrics.listen.is_empty() {
         println!("  metrics   http://{}/metrics", config.metrics.listen);
     }
-    println!("  you are   {} (certificates in {})", config.client_identity()?, dir.display());
+    println!(
+        "  you are   {} (certificates in {})",
+        config.client_identity()?,
+        dir.display()
+    );
     println!();
-    println!("next: devcycle agent apply examples/agents/reviewer.yaml --deploy && devcycle agent list");
+    println!(
+        "next: devcycle agent apply examples/agents/reviewer.yaml --deploy && devcycle agent list"
+    );
     println!("stop with Ctrl-C");
 
     registry.task.await?

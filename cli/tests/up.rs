@@ -1,0 +1,163 @@
+//! What a newcomer does: `devcycle up`, then register, publish, deploy and
+//! roll back agents with the CLI, over mTLS with the certificates `up` made.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_devcycle");
+
+struct Up {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up(data: &Path) -> Up {
+    let mut child = Command::new(BIN)
+        .args(["up", "--registry-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("DEVCYCLE_METRICS__LISTEN", "")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn devcycle up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("devcycle up printed its addresses")
+            .expect("read stdout");
+        if let Some(rest) = line.trim().strip_prefix("registry") {
+            break rest.split_whitespace().next().expect("address").to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Up { child, addr }
+}
+
+fn cli(data: &Path, addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env("DEVCYCLE_CLIENT__REGISTRY", addr)
+        .output()
+        .expect("run devcycle");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agents")
+}
+
+#[test]
+fn up_then_register_publish_deploy_and_roll_back() {
+    let data = tempfile::tempdir().unwrap();
+    let mut mesh = up(data.path());
+    let ok = |args: &[&str]| {
+        let (success, out, err) = cli(data.path(), &mesh.addr, args);
+        assert!(success, "devcycle {args:?} failed: {err}");
+        out
+    };
+    let reviewer = examples().join("reviewer.yaml");
+    let triage = examples().join("triage.yaml");
+
+    // Order matters: triage depends on a live reviewer.
+    let (success, _, err) = cli(
+        data.path(),
+        &mesh.addr,
+        &["agent", "apply", triage.to_str().unwrap()],
+    );
+    assert!(!success);
+    assert!(err.contains("version.dependencies[0].agent"), "{err}");
+    ok(&["agent", "create", reviewer.to_str().unwrap()]);
+    ok(&["agent", "publish", reviewer.to_str().unwrap()]);
+    ok(&["agent", "deploy", "reviewer", "1.0.0"]);
+    ok(&["agent", "apply", triage.to_str().unwrap(), "--deploy"]);
+    assert!(ok(&["agent", "check", "triage"]).contains("compatible"));
+
+    // A second version of triage, deployed then rolled back.
+    let v2 = data.path().join("triage-v2.yaml");
+    let text = std::fs::read_to_string(&triage)
+        .unwrap()
+        .replace("version: 1.0.0", "version: 1.1.0");
+    std::fs::write(&v2, text).unwrap();
+    ok(&["agent", "apply", v2.to_str().unwrap(), "--deploy"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "agent", "list"])).unwrap();
+    let live = |v: &serde_json::Value, name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .map(|a| a["live_version"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(live(&listed, "triage"), "1.1.0");
+    assert!(ok(&["agent", "rollback", "triage"]).contains("triage@1.0.0 is live"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "agent", "list"])).unwrap();
+    assert_eq!(live(&listed, "triage"), "1.0.0");
+    let history = ok(&["agent", "history", "triage"]);
+    assert_eq!(history.lines().count(), 4, "{history}");
+
+    let found: serde_json::Value = serde_json::from_str(&ok(&[
+        "--json",
+        "agent",
+        "find",
+        "--capability",
+        "code.review",
+    ]))
+    .unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 1);
+
+    // Refusals are precise and exit non-zero.
+    let (success, _, err) = cli(data.path(), &mesh.addr, &["agent", "delete", "reviewer"]);
+    assert!(!success);
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("triage"),
+        "{err}"
+    );
+
+    // SIGTERM: a graceful stop.
+    let pid = mesh.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = mesh.child.try_wait().unwrap() {
+            assert!(status.success(), "devcycle up exited with {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devcycle up did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Data survives a restart.
+    let mesh = up(data.path());
+    let (success, out, err) = cli(data.path(), &mesh.addr, &["agent", "get", "triage"]);
+    assert!(success, "{err}");
+    assert!(out.contains("live version: 1.0.0"), "{out}");
+}
