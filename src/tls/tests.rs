@@ -248,3 +248,48 @@ async fn mesh_listener_accepts_svids_and_refuses_everything_else() {
     check(ch).await.expect("listener still serving");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn health_turns_not_serving_before_the_listener_closes() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let ca = ca();
+    let id = SpiffeId::service(TD, "registry").unwrap();
+    let issued = ca.issue(&id, &[], Duration::from_secs(60)).unwrap();
+    let tls = MeshTls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem, TD).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let srv = MeshServer {
+        name: "test",
+        listener,
+        tls,
+        policy: Policy::new(&[]),
+        gateway: SpiffeId::service(TD, "gateway").unwrap(),
+        health_names: vec!["test.Svc"],
+        health_grace: Duration::from_millis(800),
+        drain: Duration::from_secs(1),
+        reflection: false,
+    };
+    let task = tokio::spawn(srv.serve(tonic::service::Routes::default(), stop.clone()));
+
+    let me = SpiffeId::new(TD, Kind::Worker, "probe").unwrap();
+    let cert = ca.issue(&me, &[], Duration::from_secs(60)).unwrap();
+    let client = MeshTls::from_pem(ca.cert_pem(), &cert.cert_pem, &cert.key_pem, TD).unwrap();
+    let ch = crate::client::channel(&client, &addr.to_string(), id).unwrap();
+    let mut health = HealthClient::new(ch);
+    let status = |service: &str| HealthCheckRequest { service: service.into() };
+    let got = health.check(status("test.Svc")).await.unwrap().into_inner().status;
+    assert_eq!(got, ServingStatus::Serving as i32);
+
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = health.check(status("test.Svc")).await.unwrap().into_inner().status;
+    assert_eq!(got, ServingStatus::NotServing as i32, "NOT_SERVING during the grace period");
+    let got = health.check(status("")).await.unwrap().into_inner().status;
+    assert_eq!(got, ServingStatus::NotServing as i32);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("server stops after grace and drain")
+        .unwrap()
+        .unwrap();
+}
