@@ -44,6 +44,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
     pub registry: RegistryConfig,
+    pub scheduler: SchedulerConfig,
+    pub kafka: KafkaConfig,
     pub client: ClientConfig,
 }
 
@@ -95,12 +97,36 @@ pub struct RegistryConfig {
     pub missed_heartbeats: u32,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub listen: SocketAddr,
+    /// Overrides `database_url` for the scheduler.
+    pub database_url: String,
+    /// host:port of the registry, to resolve agents.
+    pub registry: String,
+    /// How often workers heartbeat their leases.
+    pub heartbeat_interval_ms: u32,
+}
+
+/// The event bus. Without brokers, events stay in the process (`devcycle up`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated host:port list; empty means the in-process bus.
+    pub brokers: String,
+    /// Topics are `<prefix>.<family>`, e.g. `devcycle.run-events`.
+    pub topic_prefix: String,
+}
+
 /// Where client commands find the mesh, and as whom they speak.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     /// host:port of the registry.
     pub registry: String,
+    /// host:port of the scheduler.
+    pub scheduler: String,
     /// Identity whose certificate the CLI presents, `<kind>/<name>`.
     pub identity: String,
 }
@@ -119,6 +145,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
             registry: RegistryConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            kafka: KafkaConfig::default(),
             client: ClientConfig::default(),
         }
     }
@@ -171,10 +199,31 @@ impl Default for RegistryConfig {
     }
 }
 
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7402)),
+            database_url: String::new(),
+            registry: "127.0.0.1:7401".into(),
+            heartbeat_interval_ms: 5_000,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic_prefix: "devcycle".into(),
+        }
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             registry: "127.0.0.1:7401".into(),
+            scheduler: "127.0.0.1:7402".into(),
             identity: "user/admin".into(),
         }
     }
@@ -229,6 +278,25 @@ impl Config {
         }
         check_db_url("database_url", &self.database_url)?;
         check_db_url("registry.database_url", &self.registry.database_url)?;
+        check_db_url("scheduler.database_url", &self.scheduler.database_url)?;
+        if !(100..=600_000).contains(&self.scheduler.heartbeat_interval_ms) {
+            return Err(invalid(
+                "scheduler.heartbeat_interval_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !self.kafka.topic_prefix.is_empty()
+            && !self
+                .kafka
+                .topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid(
+                "kafka.topic_prefix",
+                "may only hold letters, digits, '.', '_' and '-'",
+            ));
+        }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "metrics.listen",

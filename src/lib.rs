@@ -2,6 +2,7 @@
 //! configuration, telemetry, mTLS identity, authorization, storage, serving.
 
 pub mod authz;
+pub mod bus;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -277,14 +277,30 @@ async fn health_turns_not_serving_before_the_listener_closes() {
     let client = MeshTls::from_pem(ca.cert_pem(), &cert.cert_pem, &cert.key_pem, TD).unwrap();
     let ch = crate::client::channel(&client, &addr.to_string(), id).unwrap();
     let mut health = HealthClient::new(ch);
-    let status = |service: &str| HealthCheckRequest { service: service.into() };
-    let got = health.check(status("test.Svc")).await.unwrap().into_inner().status;
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let got = health
+        .check(status("test.Svc"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
     assert_eq!(got, ServingStatus::Serving as i32);
 
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let got = health.check(status("test.Svc")).await.unwrap().into_inner().status;
-    assert_eq!(got, ServingStatus::NotServing as i32, "NOT_SERVING during the grace period");
+    let got = health
+        .check(status("test.Svc"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        got,
+        ServingStatus::NotServing as i32,
+        "NOT_SERVING during the grace period"
+    );
     let got = health.check(status("")).await.unwrap().into_inner().status;
     assert_eq!(got, ServingStatus::NotServing as i32);
     tokio::time::timeout(Duration::from_secs(5), task)

@@ -1,0 +1,221 @@
+//! The Scheduler: workflows as DAGs of tasks, a durable priority queue with
+//! leases and fencing, retries with backoff, dead letters, and events
+//! through a transactional outbox.
+
+mod engine;
+mod error;
+mod hub;
+pub mod machine;
+pub mod model;
+mod outbox;
+mod resolver;
+mod service;
+pub mod spec;
+pub mod spec_file;
+pub mod store;
+mod submit;
+pub mod template;
+mod watch;
+mod wire;
+mod work;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcycle::authz::Policy;
+use devcycle::bus::{EventBus, InProcessBus, KafkaBus};
+use devcycle::config::Config;
+use devcycle::db::Database;
+use devcycle::identity::SpiffeId;
+use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
+use devcycle::proto::scheduler::v1::scheduler_server::{SERVICE_NAME, SchedulerServer};
+use devcycle::server::MeshServer;
+use devcycle::tls::MeshTls;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use engine::{LOG_TRUNCATED, MAX_LOG_LINES};
+pub use error::Error;
+pub use outbox::topic as run_events_topic;
+
+const M: &str = "/devcycle.scheduler.v1.Scheduler/";
+/// Largest request decoded; workflow specs and task inputs are far smaller.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Who may call what: people (directly or through the gateway) start and
+/// steer runs, every mesh identity may read, only workers take work.
+pub fn policy() -> Policy {
+    const READ: &[&str] = &["*"];
+    const WRITE: &[&str] = &["user/*", "svc/gateway"];
+    const WORKER: &[&str] = &["worker/*"];
+    let entries: Vec<(String, &[&str])> = [
+        ("PutWorkflow", WRITE),
+        ("GetWorkflow", READ),
+        ("ListWorkflows", READ),
+        ("SubmitRun", WRITE),
+        ("SubmitTask", WRITE),
+        ("GetRun", READ),
+        ("ListRuns", READ),
+        ("CancelRun", WRITE),
+        ("WatchRun", READ),
+        ("GetTask", READ),
+        ("ListTasks", READ),
+        ("RetryTask", WRITE),
+        ("GetTaskLogs", READ),
+        ("ListDeadLetters", READ),
+        ("RequeueDeadLetter", WRITE),
+        ("SetAgentRateLimit", WRITE),
+        ("Work", WORKER),
+    ]
+    .into_iter()
+    .map(|(m, p)| (format!("{M}{m}"), p))
+    .collect();
+    let refs: Vec<(&str, &[&str])> = entries.iter().map(|(m, p)| (m.as_str(), *p)).collect();
+    Policy::new(&refs)
+}
+
+/// Everything the scheduler needs to run.
+pub struct Options {
+    pub listener: TcpListener,
+    pub tls: Arc<MeshTls>,
+    pub db: Database,
+    /// host:port of the registry.
+    pub registry: String,
+    pub bus: Arc<dyn EventBus>,
+    pub topic_prefix: String,
+    pub heartbeat_interval: Duration,
+    pub gateway: SpiffeId,
+    pub health_grace: Duration,
+    pub drain: Duration,
+}
+
+impl Options {
+    pub async fn from_config(
+        config: &Config,
+        listener: TcpListener,
+        bus: Arc<dyn EventBus>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let tls = devcycle::mesh::identity(config, &config.service_id("scheduler"), shutdown)?;
+        let db = Database::open(&config.database_url_for(&config.scheduler.database_url)).await?;
+        Ok(Self {
+            listener,
+            tls,
+            db,
+            registry: config.scheduler.registry.clone(),
+            bus,
+            topic_prefix: config.kafka.topic_prefix.clone(),
+            heartbeat_interval: Duration::from_millis(u64::from(
+                config.scheduler.heartbeat_interval_ms,
+            )),
+            gateway: config.service_id("gateway"),
+            health_grace: config.health_grace(),
+            drain: config.drain(),
+        })
+    }
+}
+
+/// The bus the configuration asks for.
+pub fn bus_from_config(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    if config.kafka.brokers.is_empty() {
+        Ok(Arc::new(InProcessBus::default()))
+    } else {
+        Ok(Arc::new(KafkaBus::new(&config.kafka.brokers, &[])?))
+    }
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let addr = opts.listener.local_addr()?;
+    let hub = hub::Hub::new();
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let (store, pg): (Arc<dyn store::SchedulerStore>, _) = match &opts.db {
+        Database::Postgres(pool) => (
+            Arc::new(store::pg::PgStore::new(pool.clone(), instance.clone())),
+            Some(pool.clone()),
+        ),
+        Database::Sqlite(pool) => {
+            let path = pool.connect_options().get_filename().to_owned();
+            (Arc::new(store::sqlite::SqliteStore::open(path)?), None)
+        }
+    };
+    let engine_stop = CancellationToken::new();
+    let (engine, engine_task) =
+        engine::Engine::start(Arc::clone(&store), Arc::clone(&hub), engine_stop.clone());
+    if let Some(pool) = &pg {
+        store::pg::listen(
+            pool.clone(),
+            instance,
+            Arc::clone(&hub),
+            engine.clone(),
+            shutdown.clone(),
+        );
+    }
+    let registry =
+        devcycle::client::channel(&opts.tls, &opts.registry, opts.tls_service_id("registry"))?;
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        outbox::Relay {
+            store: Arc::clone(&store),
+            bus: opts.bus,
+            hub: Arc::clone(&hub),
+            topic: outbox::topic(&opts.topic_prefix),
+            pg,
+        }
+        .run(relay_stop.clone()),
+    );
+    let svc = service::SchedulerService {
+        store,
+        engine,
+        resolver: Arc::new(resolver::Resolver::new(AgentRegistryClient::new(registry))),
+        schemas: Default::default(),
+        heartbeat_interval: opts.heartbeat_interval,
+        shutdown: shutdown.clone(),
+    };
+    let routes = tonic::service::Routes::new(
+        SchedulerServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    let server = MeshServer {
+        name: "scheduler",
+        listener: opts.listener,
+        tls: opts.tls,
+        policy: policy(),
+        gateway: opts.gateway,
+        health_names: vec![SERVICE_NAME],
+        health_grace: opts.health_grace,
+        drain: opts.drain,
+        reflection: true,
+    };
+    let db = opts.db;
+    let task = tokio::spawn(async move {
+        let res = server.serve(routes, shutdown).await;
+        // In-flight calls are done: stop the engine, then publish what it
+        // committed, then close the database.
+        engine_stop.cancel();
+        let _ = engine_task.await;
+        relay_stop.cancel();
+        let _ = relay.await;
+        db.close().await;
+        res
+    });
+    Ok(Running { addr, task })
+}
+
+impl Options {
+    fn tls_service_id(&self, name: &str) -> SpiffeId {
+        SpiffeId::service(self.tls.trust_domain(), name).expect("service names are valid")
+    }
+}
+
+pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.scheduler.listen).await?;
+    let bus = bus_from_config(config)?;
+    let opts = Options::from_config(config, listener, bus, &shutdown).await?;
+    let running = start(opts, shutdown).await?;
+    running.task.await?
+}

@@ -1,0 +1,800 @@
+//! The scheduler on PostgreSQL: multi-row statements (`UNNEST`), row locks
+//! with `FOR UPDATE [SKIP LOCKED]`, and `LISTEN/NOTIFY` so that schedulers
+//! sharing a database wake each other.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::rows::*;
+use super::{Applied, Batch, SchedulerStore, TxOps, apply_batch};
+use crate::error::{Error, Result};
+use crate::model::*;
+
+/// Channel on which a commit announces new claimable tasks or events.
+pub const CHANNEL: &str = "devcycle_scheduler";
+
+pub struct PgStore {
+    pool: PgPool,
+    /// Tags this process's notifications so its listener can skip them.
+    instance: String,
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool, instance: String) -> Self {
+        Self { pool, instance }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+struct PgTx<'a> {
+    tx: Transaction<'a, Postgres>,
+    instance: &'a str,
+}
+
+fn task_select(filter: &str) -> String {
+    format!("SELECT {TASK_COLUMNS} FROM sched_tasks {filter}")
+}
+
+fn run_select(filter: &str) -> String {
+    format!("SELECT {RUN_COLUMNS} FROM sched_runs {filter}")
+}
+
+async fn fetch_tasks<'e, E: sqlx::PgExecutor<'e>>(
+    e: E,
+    sql: String,
+    ids: &[String],
+) -> Result<Vec<TaskRow>> {
+    sqlx::query_as::<_, TaskRecord>(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(e)
+        .await?
+        .into_iter()
+        .map(TaskRow::try_from)
+        .collect()
+}
+
+fn group(runs: Vec<RunRow>, tasks: Vec<TaskRow>) -> Vec<(RunRow, Vec<TaskRow>)> {
+    let mut by_run: HashMap<String, Vec<TaskRow>> = HashMap::new();
+    for t in tasks {
+        by_run.entry(t.run_id.clone()).or_default().push(t);
+    }
+    runs.into_iter()
+        .map(|r| {
+            let tasks = by_run.remove(&r.id).unwrap_or_default();
+            (r, tasks)
+        })
+        .collect()
+}
+
+impl TxOps for PgTx<'_> {
+    async fn insert_runs(&mut self, runs: &[RunRow]) -> Result<Vec<Option<String>>> {
+        let recs: Vec<RunRecord> = runs.iter().map(RunRecord::from).collect();
+        let col = |f: fn(&RunRecord) -> String| recs.iter().map(f).collect::<Vec<String>>();
+        let num = |f: fn(&RunRecord) -> i64| recs.iter().map(f).collect::<Vec<i64>>();
+        let keys: Vec<Option<String>> = recs.iter().map(|r| r.idempotency_key.clone()).collect();
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO sched_runs (id, workflow, workflow_revision, state, inputs, idempotency_key, created_by, \
+             failure_policy, create_time, end_time, last_seq, rev) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
+             $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[]) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(col(|r| r.id.clone()))
+        .bind(col(|r| r.workflow.clone()))
+        .bind(num(|r| r.workflow_revision))
+        .bind(col(|r| r.state.clone()))
+        .bind(col(|r| r.inputs.clone()))
+        .bind(keys)
+        .bind(col(|r| r.created_by.clone()))
+        .bind(col(|r| r.failure_policy.clone()))
+        .bind(num(|r| r.create_time))
+        .bind(num(|r| r.end_time))
+        .bind(num(|r| r.last_seq))
+        .bind(num(|r| r.rev))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if inserted.len() == runs.len() {
+            return Ok(vec![None; runs.len()]);
+        }
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let taken_keys: Vec<String> = runs
+            .iter()
+            .filter(|r| !inserted.contains(&r.id))
+            .filter_map(|r| r.idempotency_key.clone())
+            .collect();
+        let existing: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
+            "SELECT idempotency_key, id FROM sched_runs WHERE idempotency_key = ANY($1)",
+        )
+        .bind(&taken_keys)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .collect();
+        runs.iter()
+            .map(|r| {
+                if inserted.contains(&r.id) {
+                    return Ok(None);
+                }
+                let key = r.idempotency_key.as_deref().unwrap_or_default();
+                existing.get(key).cloned().map(Some).ok_or_else(|| {
+                    Error::Corrupt(format!("run with key {key} neither inserted nor found"))
+                })
+            })
+            .collect()
+    }
+
+    async fn load_runs(
+        &mut self,
+        run_ids: &[String],
+        skip_locked: bool,
+    ) -> Result<Vec<(RunRow, Vec<TaskRow>)>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lock = if skip_locked {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            "FOR UPDATE"
+        };
+        let runs: Vec<RunRow> = sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select(
+            &format!("WHERE id = ANY($1) ORDER BY id {lock}"),
+        )))
+        .bind(run_ids)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .map(RunRow::try_from)
+        .collect::<Result<_>>()?;
+        let locked: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let tasks = fetch_tasks(
+            &mut *self.tx,
+            task_select("WHERE run_id = ANY($1) ORDER BY id FOR UPDATE"),
+            &locked,
+        )
+        .await?;
+        Ok(group(runs, tasks))
+    }
+
+    async fn load_tasks(&mut self, task_ids: &[String]) -> Result<Vec<(RunRow, Vec<TaskRow>)>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs: Vec<RunRow> = sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select(
+            "WHERE id IN (SELECT run_id FROM sched_tasks WHERE id = ANY($1)) ORDER BY id FOR UPDATE SKIP LOCKED",
+        )))
+        .bind(task_ids)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .map(RunRow::try_from)
+        .collect::<Result<_>>()?;
+        let locked: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let tasks: Vec<TaskRow> = sqlx::query_as::<_, TaskRecord>(sqlx::AssertSqlSafe(
+            task_select("WHERE id = ANY($1) AND run_id = ANY($2) ORDER BY id FOR UPDATE"),
+        ))
+        .bind(task_ids)
+        .bind(&locked)
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .map(TaskRow::try_from)
+        .collect::<Result<_>>()?;
+        Ok(group(runs, tasks))
+    }
+
+    async fn run_ids_of(&mut self, task_ids: &[String]) -> Result<Vec<String>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT run_id FROM sched_tasks WHERE id = ANY($1)")
+                .bind(task_ids)
+                .fetch_all(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    async fn claimable(
+        &mut self,
+        now: i64,
+        agents: &[String],
+        exclude: &[String],
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') AND ready_at <= $1 \
+             AND (cardinality($2::text[]) = 0 OR agent = ANY($2)) AND NOT (id = ANY($3)) \
+             ORDER BY priority DESC, ready_at, id LIMIT $4",
+        )
+        .bind(now)
+        .bind(agents)
+        .bind(exclude)
+        .bind(limit as i64)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn overdue(&mut self, now: i64, limit: usize) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "(SELECT id FROM sched_tasks WHERE state = 'leased' AND lease_expires <= $1 LIMIT $2) \
+             UNION ALL (SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \
+             AND schedule_deadline > 0 AND schedule_deadline <= $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn running_per_key(&mut self, keys: &[String]) -> Result<HashMap<String, u32>> {
+        sqlx::query(
+            "INSERT INTO sched_concurrency (key) SELECT UNNEST($1::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(keys)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "SELECT key FROM sched_concurrency WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+        )
+        .bind(keys)
+        .execute(&mut *self.tx)
+        .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT concurrency_key, COUNT(*) FROM sched_tasks WHERE state = 'leased' \
+             AND concurrency_key = ANY($1) GROUP BY concurrency_key",
+        )
+        .bind(keys)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(|(k, n)| (k, n as u32)).collect())
+    }
+
+    async fn rate_limits(
+        &mut self,
+        agents: &[String],
+    ) -> Result<HashMap<String, (RateLimit, f64)>> {
+        let rows: Vec<(String, f64, i64, f64)> = sqlx::query_as(
+            "SELECT agent, per_second, burst, tat FROM sched_rate_limits WHERE agent = ANY($1) \
+             ORDER BY agent FOR UPDATE",
+        )
+        .bind(agents)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, per_second, burst, tat)| {
+                (
+                    a,
+                    (
+                        RateLimit {
+                            per_second,
+                            burst: burst.clamp(0, i64::from(u32::MAX)) as u32,
+                        },
+                        tat,
+                    ),
+                )
+            })
+            .collect())
+    }
+
+    async fn save_rate_tats(&mut self, tats: &[(String, f64)]) -> Result<()> {
+        let agents: Vec<&str> = tats.iter().map(|(a, _)| a.as_str()).collect();
+        let values: Vec<f64> = tats.iter().map(|(_, t)| *t).collect();
+        sqlx::query(
+            "UPDATE sched_rate_limits r SET tat = v.tat FROM UNNEST($1::text[], $2::float8[]) AS v(agent, tat) \
+             WHERE r.agent = v.agent",
+        )
+        .bind(agents)
+        .bind(values)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        runs: &[RunRow],
+        tasks: &[TaskRow],
+        events: &mut [EventRow],
+        logs: &[LogRow],
+        agents: &[AgentSpecRow],
+    ) -> Result<()> {
+        if !agents.is_empty() {
+            sqlx::query(
+                "INSERT INTO sched_agent_specs (agent, version, spec) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(agents.iter().map(|a| a.agent.as_str()).collect::<Vec<_>>())
+            .bind(
+                agents
+                    .iter()
+                    .map(|a| a.version.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(agents.iter().map(|a| a.spec.as_slice()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !runs.is_empty() {
+            write_runs(&mut self.tx, runs).await?;
+        }
+        if !tasks.is_empty() {
+            write_tasks(&mut self.tx, tasks).await?;
+        }
+        if !events.is_empty() {
+            write_events(&mut self.tx, events).await?;
+        }
+        if !logs.is_empty() {
+            sqlx::query(
+                "INSERT INTO sched_task_logs (task_id, attempt, time, stream, line) \
+                 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[])",
+            )
+            .bind(logs.iter().map(|l| l.task_id.as_str()).collect::<Vec<_>>())
+            .bind(
+                logs.iter()
+                    .map(|l| i64::from(l.attempt))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(logs.iter().map(|l| l.time).collect::<Vec<_>>())
+            .bind(logs.iter().map(|l| l.stream.as_str()).collect::<Vec<_>>())
+            .bind(logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let claimable = tasks.iter().any(|t| t.state.is_claimable());
+        if claimable || !events.is_empty() {
+            let what = if claimable { "ready" } else { "events" };
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(format!("{}:{what}", self.instance))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn next_due(&mut self, now: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(lease_expires) AS t FROM sched_tasks WHERE state = 'leased' \
+               UNION ALL SELECT MIN(ready_at) FROM sched_tasks WHERE state = 'failed' AND ready_at > $1 \
+               UNION ALL SELECT MIN(schedule_deadline) FROM sched_tasks \
+                 WHERE state IN ('ready', 'failed') AND schedule_deadline > 0) AS due",
+        )
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+}
+
+async fn write_runs(tx: &mut Transaction<'_, Postgres>, runs: &[RunRow]) -> Result<()> {
+    let recs: Vec<RunRecord> = runs.iter().map(RunRecord::from).collect();
+    let col = |f: fn(&RunRecord) -> String| recs.iter().map(f).collect::<Vec<String>>();
+    let num = |f: fn(&RunRecord) -> i64| recs.iter().map(f).collect::<Vec<i64>>();
+    let keys: Vec<Option<String>> = recs.iter().map(|r| r.idempotency_key.clone()).collect();
+    let n = sqlx::query(
+        "INSERT INTO sched_runs (id, workflow, workflow_revision, state, inputs, idempotency_key, created_by, \
+         failure_policy, create_time, end_time, last_seq, rev) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[]) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, end_time = excluded.end_time, \
+         last_seq = excluded.last_seq, rev = excluded.rev \
+         WHERE sched_runs.rev = excluded.rev - 1",
+    )
+    .bind(col(|r| r.id.clone()))
+    .bind(col(|r| r.workflow.clone()))
+    .bind(num(|r| r.workflow_revision))
+    .bind(col(|r| r.state.clone()))
+    .bind(col(|r| r.inputs.clone()))
+    .bind(keys)
+    .bind(col(|r| r.created_by.clone()))
+    .bind(col(|r| r.failure_policy.clone()))
+    .bind(num(|r| r.create_time))
+    .bind(num(|r| r.end_time))
+    .bind(num(|r| r.last_seq))
+    .bind(num(|r| r.rev))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if n as usize != runs.len() {
+        return Err(Error::Conflict(format!(
+            "{} of {} runs changed concurrently",
+            runs.len() - n as usize,
+            runs.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn write_tasks(tx: &mut Transaction<'_, Postgres>, tasks: &[TaskRow]) -> Result<()> {
+    let recs: Vec<TaskRecord> = tasks.iter().map(TaskRecord::from).collect();
+    let col = |f: fn(&TaskRecord) -> String| recs.iter().map(f).collect::<Vec<String>>();
+    let opt =
+        |f: fn(&TaskRecord) -> Option<String>| recs.iter().map(f).collect::<Vec<Option<String>>>();
+    let num = |f: fn(&TaskRecord) -> i64| recs.iter().map(f).collect::<Vec<i64>>();
+    let n = sqlx::query(
+        "INSERT INTO sched_tasks (id, run_id, key, agent, agent_version, state, attempt, priority, input, output, \
+         error, deps_pending, depends_on, dependents, retry, timeouts, concurrency_key, concurrency_limit, \
+         ready_at, lease_id, lease_expires, attempt_deadline, schedule_deadline, worker_id, create_time, \
+         start_time, end_time, rev) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], \
+         $8::int8[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::text[], $15::text[], \
+         $16::text[], $17::text[], $18::int8[], $19::int8[], $20::text[], $21::int8[], $22::int8[], $23::int8[], \
+         $24::text[], $25::int8[], $26::int8[], $27::int8[], $28::int8[]) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt, \
+         input = excluded.input, output = excluded.output, error = excluded.error, \
+         deps_pending = excluded.deps_pending, ready_at = excluded.ready_at, lease_id = excluded.lease_id, \
+         lease_expires = excluded.lease_expires, attempt_deadline = excluded.attempt_deadline, \
+         schedule_deadline = excluded.schedule_deadline, worker_id = excluded.worker_id, \
+         start_time = excluded.start_time, end_time = excluded.end_time, rev = excluded.rev \
+         WHERE sched_tasks.rev = excluded.rev - 1",
+    )
+    .bind(col(|r| r.id.clone()))
+    .bind(col(|r| r.run_id.clone()))
+    .bind(col(|r| r.key.clone()))
+    .bind(col(|r| r.agent.clone()))
+    .bind(col(|r| r.agent_version.clone()))
+    .bind(col(|r| r.state.clone()))
+    .bind(num(|r| r.attempt))
+    .bind(num(|r| r.priority))
+    .bind(col(|r| r.input.clone()))
+    .bind(opt(|r| r.output.clone()))
+    .bind(opt(|r| r.error.clone()))
+    .bind(num(|r| r.deps_pending))
+    .bind(col(|r| r.depends_on.clone()))
+    .bind(col(|r| r.dependents.clone()))
+    .bind(col(|r| r.retry.clone()))
+    .bind(col(|r| r.timeouts.clone()))
+    .bind(col(|r| r.concurrency_key.clone()))
+    .bind(num(|r| r.concurrency_limit))
+    .bind(num(|r| r.ready_at))
+    .bind(col(|r| r.lease_id.clone()))
+    .bind(num(|r| r.lease_expires))
+    .bind(num(|r| r.attempt_deadline))
+    .bind(num(|r| r.schedule_deadline))
+    .bind(col(|r| r.worker_id.clone()))
+    .bind(num(|r| r.create_time))
+    .bind(num(|r| r.start_time))
+    .bind(num(|r| r.end_time))
+    .bind(num(|r| r.rev))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if n as usize != tasks.len() {
+        return Err(Error::Conflict(format!(
+            "{} of {} tasks changed concurrently",
+            tasks.len() - n as usize,
+            tasks.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &mut [EventRow]) -> Result<()> {
+    let s = |f: fn(&EventRow) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+    let rows = sqlx::query(
+        "INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, worker_id, message, \
+         time, published) \
+         SELECT *, false FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+         $7::int8[], $8::text[], $9::text[], $10::int8[]) RETURNING id, event_id",
+    )
+    .bind(s(|e| e.event_id.as_str()))
+    .bind(s(|e| e.run_id.as_str()))
+    .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(s(|e| e.kind.as_str()))
+    .bind(s(|e| e.task_id.as_str()))
+    .bind(s(|e| e.task_key.as_str()))
+    .bind(events.iter().map(|e| i64::from(e.attempt)).collect::<Vec<_>>())
+    .bind(s(|e| e.worker_id.as_str()))
+    .bind(s(|e| e.message.as_str()))
+    .bind(events.iter().map(|e| e.time).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let ids: HashMap<String, i64> = rows
+        .into_iter()
+        .map(|r| (r.get::<String, _>(1), r.get::<i64, _>(0)))
+        .collect();
+    for e in events.iter_mut() {
+        e.id = ids.get(&e.event_id).copied().unwrap_or_default();
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SchedulerStore for PgStore {
+    async fn apply(&self, batch: Batch) -> Result<Applied> {
+        let mut tx = PgTx {
+            tx: self.pool.begin().await?,
+            instance: &self.instance,
+        };
+        let applied = apply_batch(&mut tx, batch).await?;
+        tx.tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow> {
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO sched_workflows (name, revision, spec, create_time) \
+             SELECT $1, COALESCE(MAX(revision), 0) + 1, $2, $3 FROM sched_workflows WHERE name = $1 \
+             RETURNING revision",
+        )
+        .bind(name)
+        .bind(&spec)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match devcycle::db::classify(&e) {
+            devcycle::db::Failure::UniqueViolation => {
+                Error::Conflict(format!("workflow {name} was changed concurrently; retry"))
+            }
+            _ => e.into(),
+        })?;
+        Ok(WorkflowRow {
+            name: name.to_owned(),
+            revision,
+            spec,
+            create_time: now,
+        })
+    }
+
+    async fn get_workflow(&self, name: &str) -> Result<Option<WorkflowRow>> {
+        let row: Option<(String, i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT name, revision, spec, create_time FROM sched_workflows WHERE name = $1 \
+             ORDER BY revision DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(name, revision, spec, create_time)| WorkflowRow {
+            name,
+            revision,
+            spec,
+            create_time,
+        }))
+    }
+
+    async fn list_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkflowRow>> {
+        let rows: Vec<(String, i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT w.name, w.revision, w.spec, w.create_time FROM sched_workflows w WHERE w.name > $1 \
+             AND w.revision = (SELECT MAX(revision) FROM sched_workflows x WHERE x.name = w.name) \
+             ORDER BY w.name LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, revision, spec, create_time)| WorkflowRow {
+                name,
+                revision,
+                spec,
+                create_time,
+            })
+            .collect())
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<(RunRow, Vec<TaskRow>)>> {
+        let Some(run) =
+            sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select("WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let tasks = fetch_tasks(
+            &self.pool,
+            task_select("WHERE run_id = ANY($1) ORDER BY id"),
+            &[id.to_owned()],
+        )
+        .await?;
+        Ok(Some((RunRow::try_from(run)?, tasks)))
+    }
+
+    async fn run_by_key(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM sched_runs WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn list_runs(&self, f: &RunFilter, limit: usize) -> Result<Vec<RunRow>> {
+        let (before_time, before_id) = f.before.clone().unwrap_or((i64::MAX, String::new()));
+        sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select(
+            "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR workflow = $2) AND create_time >= $3 \
+             AND create_time < $4 AND (create_time, id) < ($5, $6) \
+             ORDER BY create_time DESC, id DESC LIMIT $7",
+        )))
+        .bind(f.state.map(|s| s.as_str()).unwrap_or(""))
+        .bind(f.workflow.as_deref().unwrap_or(""))
+        .bind(f.created_after.unwrap_or(i64::MIN))
+        .bind(f.created_before.unwrap_or(i64::MAX))
+        .bind(before_time)
+        .bind(before_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(RunRow::try_from)
+        .collect()
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRow>> {
+        Ok(fetch_tasks(
+            &self.pool,
+            task_select("WHERE id = ANY($1)"),
+            &[id.to_owned()],
+        )
+        .await?
+        .into_iter()
+        .next())
+    }
+
+    async fn list_tasks(&self, f: &TaskFilter, limit: usize) -> Result<Vec<TaskRow>> {
+        sqlx::query_as::<_, TaskRecord>(sqlx::AssertSqlSafe(task_select(
+            "WHERE ($1 = '' OR run_id = $1) AND ($2 = '' OR state = $2) AND id > $3 ORDER BY id LIMIT $4",
+        )))
+        .bind(f.run_id.as_deref().unwrap_or(""))
+        .bind(f.state.map(|s| s.as_str()).unwrap_or(""))
+        .bind(f.after.as_deref().unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TaskRow::try_from)
+        .collect()
+    }
+
+    async fn run_events(
+        &self,
+        run_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>> {
+        sqlx::query_as::<_, EventRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM sched_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )))
+        .bind(run_id)
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(EventRow::try_from)
+        .collect()
+    }
+
+    async fn task_logs(&self, task_id: &str, limit: usize) -> Result<Vec<LogRow>> {
+        let rows: Vec<(String, i64, i64, String, String)> = sqlx::query_as(
+            "SELECT task_id, attempt, time, stream, line FROM sched_task_logs WHERE task_id = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(task_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(task_id, attempt, time, stream, line)| LogRow {
+                task_id,
+                attempt: attempt.clamp(0, i64::from(u32::MAX)) as u32,
+                time,
+                stream,
+                line,
+            })
+            .collect())
+    }
+
+    async fn agent_spec(&self, agent: &str, version: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT spec FROM sched_agent_specs WHERE agent = $1 AND version = $2",
+        )
+        .bind(agent)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn set_rate_limit(&self, agent: &str, limit: Option<RateLimit>) -> Result<()> {
+        match limit {
+            None => {
+                sqlx::query("DELETE FROM sched_rate_limits WHERE agent = $1")
+                    .bind(agent)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Some(l) => {
+                sqlx::query(
+                    "INSERT INTO sched_rate_limits (agent, per_second, burst, tat) VALUES ($1, $2, $3, 0) \
+                     ON CONFLICT (agent) DO UPDATE SET per_second = excluded.per_second, burst = excluded.burst",
+                )
+                .bind(agent)
+                .bind(l.per_second)
+                .bind(i64::from(l.burst))
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>> {
+        sqlx::query_as::<_, EventRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM sched_events WHERE NOT published ORDER BY id LIMIT $1"
+        )))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(EventRow::try_from)
+        .collect()
+    }
+
+    async fn mark_published(&self, ids: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE sched_events SET published = true WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Follows other schedulers' commits: new claimable tasks wake the engine,
+/// new events wake `WatchRun` streams and the relay. Ends with `shutdown`.
+pub fn listen(
+    pool: PgPool,
+    instance: String,
+    hub: std::sync::Arc<crate::hub::Hub>,
+    engine: crate::engine::Engine,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler listener cannot connect; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if listener.listen(CHANNEL).await.is_err() {
+                continue;
+            }
+            // Anything committed while we were not listening.
+            let _ = engine.send(crate::engine::Cmd::RemoteReady);
+            hub.remote_change();
+            loop {
+                let n = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = listener.try_recv() => n,
+                };
+                match n {
+                    Ok(Some(n)) => {
+                        let Some((from, what)) = n.payload().split_once(':') else {
+                            continue;
+                        };
+                        if from == instance {
+                            continue;
+                        }
+                        if what == "ready" {
+                            let _ = engine.send(crate::engine::Cmd::RemoteReady);
+                        }
+                        hub.remote_change();
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,201 @@
+//! The worker protocol: an executor, identified by its mTLS identity, says
+//! hello, grants credits, and receives leased tasks against them; results,
+//! heartbeats, progress and logs flow back. A stream that breaks releases
+//! nothing: its leases expire by time.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use devcycle::authz::Caller;
+use devcycle::identity::Kind;
+use devcycle::proto::scheduler::v1 as pb;
+use devcycle::time::{from_timestamp, now_ms};
+use devcycle::validate;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::engine::{Cmd, Engine, WorkerConn};
+use crate::model::{Lease, LogRow, Outcome, TaskError};
+
+pub type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_LINE_BYTES: usize = 4096;
+
+pub async fn accept(
+    engine: &Engine,
+    caller: Caller,
+    mut inbound: Streaming<pb::WorkRequest>,
+    heartbeat_interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<WorkStream, Status> {
+    if caller.peer.kind() != Kind::Worker {
+        return Err(Status::permission_denied(format!(
+            "{} is not a worker identity; Work needs spiffe://<td>/worker/<id>",
+            caller.peer
+        )));
+    }
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+    let Some(pb::WorkRequest {
+        msg: Some(pb::work_request::Msg::Hello(hello)),
+    }) = first
+    else {
+        return Err(Status::invalid_argument(
+            "hello: the first message must be hello",
+        ));
+    };
+    if hello.worker_id != caller.peer.name() {
+        return Err(Status::permission_denied(format!(
+            "hello.worker_id: {:?} is not your identity {}",
+            hello.worker_id, caller.peer
+        )));
+    }
+    for (i, a) in hello.agents.iter().enumerate() {
+        validate::dns_label(&format!("hello.agents[{i}]"), a)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(Ok(pb::WorkResponse {
+        msg: Some(pb::work_response::Msg::Welcome(pb::WorkerWelcome {
+            heartbeat_interval_ms: heartbeat_interval.as_millis() as u32,
+        })),
+    }));
+    let conn = engine.new_conn_id();
+    engine.send(Cmd::Connect(WorkerConn {
+        conn,
+        worker_id: hello.worker_id.clone(),
+        agents: hello.agents,
+        tx: tx.clone(),
+    }))?;
+    tracing::info!(worker_id = %hello.worker_id, held = hello.held.len(), "worker connected");
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = inbound.message() => m,
+            };
+            let msg = match msg {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(worker_id = %hello.worker_id, error = %e, "worker stream broke");
+                    break;
+                }
+            };
+            match handle(&engine, conn, msg) {
+                Ok(()) => {}
+                Err(status) => {
+                    let _ = tx.send(Err(status));
+                    break;
+                }
+            }
+        }
+        let _ = engine.send(Cmd::Disconnect { conn });
+        tracing::info!(worker_id = %hello.worker_id, "worker disconnected");
+    });
+    Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+}
+
+fn lease(field: &str, l: Option<pb::LeaseRef>) -> Result<Lease, Status> {
+    let l = l.ok_or_else(|| Status::invalid_argument(format!("{field}: is required")))?;
+    if l.task_id.is_empty() || l.lease_id.is_empty() || l.attempt == 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: task_id, attempt and lease_id are required"
+        )));
+    }
+    Ok(Lease {
+        task_id: l.task_id,
+        attempt: l.attempt,
+        lease_id: l.lease_id,
+    })
+}
+
+fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<(), Status> {
+    use pb::work_request::Msg;
+    let cmd = match msg.msg {
+        None => return Err(Status::invalid_argument("msg: is required")),
+        Some(Msg::Hello(_)) => {
+            return Err(Status::invalid_argument(
+                "hello: only the first message may be hello",
+            ));
+        }
+        Some(Msg::Credit(c)) => Cmd::Credit { conn, n: c.credits },
+        Some(Msg::Heartbeat(h)) => Cmd::Heartbeat {
+            conn,
+            leases: h
+                .leases
+                .into_iter()
+                .map(|l| lease("heartbeat.leases", Some(l)))
+                .collect::<Result<_, _>>()?,
+        },
+        Some(Msg::Progress(p)) => Cmd::Progress {
+            lease: lease("progress.lease", p.lease)?,
+            percent: p.percent,
+            message: p.message,
+        },
+        Some(Msg::Logs(l)) => Cmd::Logs {
+            lease: lease("logs.lease", l.lease)?,
+            lines: l
+                .lines
+                .into_iter()
+                .map(|line| LogRow {
+                    task_id: String::new(),
+                    attempt: 0,
+                    time: from_timestamp(line.time.as_ref()).unwrap_or_else(now_ms),
+                    stream: match line.stream.as_str() {
+                        "stdout" | "stderr" | "executor" => line.stream,
+                        _ => "executor".into(),
+                    },
+                    line: truncate(line.line, MAX_LINE_BYTES),
+                })
+                .collect(),
+        },
+        Some(Msg::Result(r)) => {
+            use pb::task_result::Outcome as O;
+            let outcome = match r.outcome {
+                Some(O::Output(output)) => Outcome::Success { output },
+                Some(O::Error(e)) => Outcome::Failure(TaskError {
+                    kind: if e.kind.is_empty() {
+                        "error".into()
+                    } else {
+                        truncate(e.kind, 64)
+                    },
+                    message: truncate(e.message, 8192),
+                    retryable: e.retryable,
+                }),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "result.outcome: output or error is required",
+                    ));
+                }
+            };
+            Cmd::Result {
+                conn,
+                lease: lease("result.lease", r.lease)?,
+                outcome,
+            }
+        }
+        Some(Msg::Release(l)) => Cmd::Release {
+            conn,
+            lease: lease("release", Some(l))?,
+        },
+    };
+    engine.send(cmd)
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
