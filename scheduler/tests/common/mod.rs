@@ -2,6 +2,8 @@
 //! fresh databases.
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::sync::Arc;
 
 use devcycle::db::Database;

@@ -1,0 +1,291 @@
+//! A registry and a scheduler over mTLS, and a scripted worker speaking the
+//! Work protocol, for tests of the scheduler's service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcycle::db::Database;
+use devcycle::identity::Kind;
+use devcycle::proto::registry::v1 as reg;
+use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
+use devcycle::proto::scheduler::v1 as pb;
+use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
+use devcycle::testkit::TestPki;
+use devcycle::tls::MeshTls;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Mesh {
+    pub pki: TestPki,
+    pub registry: String,
+    pub scheduler: String,
+    pub stop: CancellationToken,
+    pub scheduler_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+impl Mesh {
+    pub async fn start(db: Db) -> Self {
+        Self::start_with(db, Arc::new(devcycle::bus::InProcessBus::default())).await
+    }
+
+    pub async fn start_with(db: Db, bus: Arc<dyn devcycle::bus::EventBus>) -> Self {
+        let pki = TestPki::new();
+        let stop = CancellationToken::new();
+        let mut dirs = Vec::new();
+        let (rdir, rurl) = devcycle::testkit::fresh_sqlite();
+        dirs.push(rdir);
+        let registry = devcycle_registry::start(
+            devcycle_registry::Options {
+                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                tls: pki.identity(Kind::Service, "registry"),
+                db: Database::open(&rurl).await.unwrap(),
+                heartbeat_interval: Duration::from_secs(5),
+                missed_heartbeats: 3,
+                gateway: TestPki::id(Kind::Service, "gateway"),
+                health_grace: Duration::ZERO,
+                drain: Duration::from_millis(200),
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let url = match db {
+            Db::Sqlite => {
+                let (d, url) = devcycle::testkit::fresh_sqlite();
+                dirs.push(d);
+                url
+            }
+            Db::Postgres => devcycle::testkit::fresh_postgres().await,
+        };
+        let sched = devcycle_scheduler::start(
+            devcycle_scheduler::Options {
+                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                tls: pki.identity(Kind::Service, "scheduler"),
+                db: Database::open(&url).await.unwrap(),
+                registry: registry.addr.to_string(),
+                bus,
+                topic_prefix: "devcycle".into(),
+                heartbeat_interval: Duration::from_millis(200),
+                gateway: TestPki::id(Kind::Service, "gateway"),
+                health_grace: Duration::ZERO,
+                drain: Duration::from_millis(200),
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let mesh = Self {
+            pki,
+            registry: registry.addr.to_string(),
+            scheduler: sched.addr.to_string(),
+            stop,
+            scheduler_task: Some(sched.task),
+            _dirs: dirs,
+        };
+        let mut r = mesh.registry_client();
+        for (name, runtime, schema) in [
+            ("noop", "noop", ""),
+            ("echo", "echo", r#"{"type":"object"}"#),
+            ("flaky", "noop", ""),
+            ("hang", "noop", ""),
+        ] {
+            r.create_agent(reg::CreateAgentRequest {
+                agent: Some(reg::Agent {
+                    name: name.into(),
+                    owner: "test".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+            r.publish_version(reg::PublishVersionRequest {
+                version: Some(reg::AgentVersion {
+                    agent: name.into(),
+                    version: "1.0.0".into(),
+                    runtime: Some(reg::Runtime {
+                        kind: Some(reg::runtime::Kind::Builtin(reg::BuiltinRuntime {
+                            name: runtime.into(),
+                        })),
+                    }),
+                    capabilities: vec![format!("test.{name}")],
+                    input_schema: schema.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+            r.deploy(reg::DeployRequest {
+                agent: name.into(),
+                version: "1.0.0".into(),
+            })
+            .await
+            .unwrap();
+        }
+        mesh
+    }
+
+    pub fn user(&self) -> Arc<MeshTls> {
+        self.pki.identity(Kind::User, "tester")
+    }
+
+    pub fn client_as(&self, tls: &Arc<MeshTls>) -> SchedulerClient<Channel> {
+        let ch = devcycle::client::channel(
+            tls,
+            &self.scheduler,
+            TestPki::id(Kind::Service, "scheduler"),
+        )
+        .unwrap();
+        SchedulerClient::new(ch)
+    }
+
+    pub fn client(&self) -> SchedulerClient<Channel> {
+        self.client_as(&self.user())
+    }
+
+    pub fn registry_client(&self) -> AgentRegistryClient<Channel> {
+        let ch = devcycle::client::channel(
+            &self.user(),
+            &self.registry,
+            TestPki::id(Kind::Service, "registry"),
+        )
+        .unwrap();
+        AgentRegistryClient::new(ch)
+    }
+
+    pub fn worker(&self, id: &str, slots: u32) -> Worker {
+        Worker::spawn(
+            self.pki.identity(Kind::Worker, id),
+            &self.scheduler,
+            id,
+            slots,
+        )
+    }
+}
+
+/// A worker that runs the test agents: `noop` → `{}`, `echo` → its input,
+/// `flaky` → fails while `failing` is set, `hang` → never answers (until
+/// cancelled).
+pub struct Worker {
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+    pub cancelled: Arc<Mutex<Vec<String>>>,
+    pub done: Arc<Mutex<Vec<(String, u32)>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Worker {
+    fn spawn(tls: Arc<MeshTls>, addr: &str, id: &str, slots: u32) -> Self {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cancelled = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let ch =
+            devcycle::client::channel(&tls, addr, TestPki::id(Kind::Service, "scheduler")).unwrap();
+        let (id, f, c, d, s) = (
+            id.to_owned(),
+            Arc::clone(&failing),
+            Arc::clone(&cancelled),
+            Arc::clone(&done),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(1024);
+            let send = |m: pb::work_request::Msg| pb::WorkRequest { msg: Some(m) };
+            tx.send(send(pb::work_request::Msg::Hello(pb::WorkerHello {
+                worker_id: id.clone(),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+            tx.send(send(pb::work_request::Msg::Credit(pb::CreditGrant {
+                credits: slots,
+            })))
+            .await
+            .unwrap();
+            let mut inbound = SchedulerClient::new(ch)
+                .work(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            loop {
+                let msg = tokio::select! {
+                    _ = s.cancelled() => return,
+                    m = inbound.message() => match m { Ok(Some(m)) => m, _ => return },
+                };
+                match msg.msg {
+                    Some(pb::work_response::Msg::Assignment(a)) => {
+                        let agent = a
+                            .agent
+                            .as_ref()
+                            .map(|v| v.agent.clone())
+                            .unwrap_or_default();
+                        let lease = a.lease.clone();
+                        let outcome = match agent.as_str() {
+                            "hang" => continue,
+                            "echo" => pb::task_result::Outcome::Output(a.input.clone()),
+                            "flaky" if f.load(std::sync::atomic::Ordering::SeqCst) => {
+                                pb::task_result::Outcome::Error(pb::TaskError {
+                                    kind: "flaky".into(),
+                                    message: "it failed".into(),
+                                    retryable: true,
+                                })
+                            }
+                            _ => pb::task_result::Outcome::Output("{}".into()),
+                        };
+                        if let Some(l) = &lease {
+                            d.lock().push((l.task_id.clone(), l.attempt));
+                        }
+                        let result = pb::TaskResult {
+                            lease,
+                            outcome: Some(outcome),
+                            ..Default::default()
+                        };
+                        let _ = tx.send(send(pb::work_request::Msg::Result(result))).await;
+                        let _ = tx
+                            .send(send(pb::work_request::Msg::Credit(pb::CreditGrant {
+                                credits: 1,
+                            })))
+                            .await;
+                    }
+                    Some(pb::work_response::Msg::Cancel(cancel)) => {
+                        c.lock()
+                            .push(cancel.lease.map(|l| l.task_id).unwrap_or_default());
+                        let _ = tx
+                            .send(send(pb::work_request::Msg::Credit(pb::CreditGrant {
+                                credits: 1,
+                            })))
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Self {
+            failing,
+            cancelled,
+            done,
+            stop,
+        }
+    }
+}
