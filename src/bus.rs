@@ -69,9 +69,14 @@ impl EventBus for InProcessBus {
 }
 
 /// Kafka through librdkafka, with the idempotent producer (no duplicates or
-/// reordering from its own retries) and `acks=all`.
+/// reordering from its own retries) and `acks=all`. After a failed publish
+/// the producer is replaced: a broker that lost its producer state (or a
+/// replaced cluster) then meets a fresh producer id instead of rejecting
+/// the old one forever. What the old producer still held is published again
+/// by the caller; consumers dedupe by id.
 pub struct KafkaBus {
-    producer: FutureProducer,
+    config: ClientConfig,
+    producer: arc_swap::ArcSwap<FutureProducer>,
 }
 
 impl KafkaBus {
@@ -89,49 +94,68 @@ impl KafkaBus {
         for (k, v) in extra {
             config.set(*k, *v);
         }
-        let producer = config.create().map_err(|e| BusError(e.to_string()))?;
-        Ok(Self { producer })
+        let producer: FutureProducer = config.create().map_err(|e| BusError(e.to_string()))?;
+        Ok(Self {
+            config,
+            producer: arc_swap::ArcSwap::from_pointee(producer),
+        })
+    }
+
+    fn renew(&self) {
+        match self.config.create::<FutureProducer>() {
+            Ok(p) => self.producer.store(Arc::new(p)),
+            Err(e) => tracing::error!(error = %e, "cannot create a kafka producer"),
+        }
     }
 }
 
 #[async_trait]
 impl EventBus for KafkaBus {
     async fn publish(&self, batch: &[BusMessage]) -> Result<(), BusError> {
-        let mut pending = Vec::with_capacity(batch.len());
-        for m in batch {
-            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 1).insert(Header {
-                key: "id",
-                value: Some(m.id.as_bytes()),
-            });
-            for (k, v) in &m.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
-            let record = FutureRecord::to(&m.topic)
-                .key(m.key.as_bytes())
-                .payload(&m.payload)
-                .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(delivery) => pending.push(delivery),
-                Err((e, _)) => return Err(BusError(e.to_string())),
-            }
+        let producer = self.producer.load_full();
+        let result = send_all(&producer, batch).await;
+        if result.is_err() {
+            self.renew();
         }
-        for delivery in pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(BusError(e.to_string())),
-                Err(_) => return Err(BusError("producer dropped the message".into())),
-            }
-        }
-        Ok(())
+        result
     }
 
     async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.producer.load_full();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
     }
+}
+
+async fn send_all(producer: &FutureProducer, batch: &[BusMessage]) -> Result<(), BusError> {
+    let mut pending = Vec::with_capacity(batch.len());
+    for m in batch {
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 1).insert(Header {
+            key: "id",
+            value: Some(m.id.as_bytes()),
+        });
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(&m.topic)
+            .key(m.key.as_bytes())
+            .payload(&m.payload)
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => return Err(BusError(e.to_string())),
+        }
+    }
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(BusError(e.to_string())),
+            Err(_) => return Err(BusError("producer dropped the message".into())),
+        }
+    }
+    Ok(())
 }
 
 /// Remembers the last `capacity` ids seen: drop a message whose id is here.

@@ -40,3 +40,17 @@ impl Clients {
         Ok(devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient::new(ch))
     }
 }
+
+impl Clients {
+    pub fn scheduler(
+        &self,
+    ) -> anyhow::Result<devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient<Channel>> {
+        let ch = devcycle::client::channel(
+            &self.tls,
+            &self.config.client.scheduler,
+            self.config.service_id("scheduler"),
+        )?;
+        Ok(devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient::new(ch)
+            .max_decoding_message_size(16 * 1024 * 1024))
+    }
+}

@@ -6,6 +6,7 @@ mod manifest;
 mod output;
 mod pki;
 mod up;
+mod workflow;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,33 @@ enum Command {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Serve the Scheduler.
+    Scheduler {
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        /// sqlite:... or postgres://...
+        #[arg(long)]
+        database_url: Option<String>,
+        /// host:port of the registry.
+        #[arg(long)]
+        registry: Option<String>,
+        /// Kafka brokers (host:port,...); none means the in-process bus.
+        #[arg(long)]
+        kafka_brokers: Option<String>,
+    },
+    /// Workflows: submit, store, list.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCmd),
+    /// Runs: list, get, cancel, watch.
+    #[command(subcommand)]
+    Run(workflow::RunCmd),
+    /// Tasks: submit one, list, retry, logs.
+    #[command(subcommand)]
+    Task(workflow::TaskCmd),
+    /// The dead-letter queue.
+    #[command(subcommand)]
+    Dlq(workflow::DlqCmd),
     /// Agents: create, publish, deploy, roll back, find, check.
     #[command(subcommand)]
     Agent(agent::AgentCmd),
@@ -136,6 +164,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
             }
             devcycle_registry::serve(&config, shutdown).await
+        }
+        Command::Scheduler {
+            listen,
+            database_url,
+            registry,
+            kafka_brokers,
+        } => {
+            let mut flags = Vec::new();
+            for (key, value) in [
+                ("scheduler.listen", listen),
+                ("scheduler.database_url", database_url),
+                ("scheduler.registry", registry),
+                ("kafka.brokers", kafka_brokers),
+            ] {
+                if let Some(v) = value {
+                    flags.push((key, serde_json::Value::from(v)));
+                }
+            }
+            let config = load_config(&src, Config::default(), flags)?;
+            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            devcycle::server::cancel_on_signals(shutdown.clone());
+            if !config.metrics.listen.is_empty() {
+                devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
+            }
+            devcycle_scheduler::serve(&config, shutdown).await
+        }
+        Command::Workflow(cmd) => {
+            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            workflow::run_workflow(cmd, &clients, json).await
+        }
+        Command::Run(cmd) => {
+            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            workflow::run_run(cmd, &clients, json).await
+        }
+        Command::Task(cmd) => {
+            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            workflow::run_task(cmd, &clients, json).await
+        }
+        Command::Dlq(cmd) => {
+            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            workflow::run_dlq(cmd, &clients, json).await
         }
         Command::Agent(cmd) => {
             let config = load_config(&src, Config::default(), vec![])?;

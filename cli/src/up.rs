@@ -14,6 +14,9 @@ pub struct UpArgs {
     /// host:port of the registry.
     #[arg(long)]
     registry_listen: Option<String>,
+    /// host:port of the scheduler.
+    #[arg(long)]
+    scheduler_listen: Option<String>,
 }
 
 impl UpArgs {
@@ -21,6 +24,9 @@ impl UpArgs {
         let mut flags = Vec::new();
         if let Some(l) = &self.registry_listen {
             flags.push(("registry.listen", serde_json::Value::from(l.as_str())));
+        }
+        if let Some(l) = &self.scheduler_listen {
+            flags.push(("scheduler.listen", serde_json::Value::from(l.as_str())));
         }
         flags
     }
@@ -50,11 +56,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let opts = devcycle_registry::Options::from_config(&config, listener, &shutdown).await?;
     let registry = devcycle_registry::start(opts, shutdown.clone()).await?;
 
+    let listener = TcpListener::bind(config.scheduler.listen)
+        .await
+        .with_context(|| format!("scheduler.listen: cannot listen on {}", config.scheduler.listen))?;
+    let bus = devcycle_scheduler::bus_from_config(&config)?;
+    let mut opts = devcycle_scheduler::Options::from_config(&config, listener, bus, &shutdown).await?;
+    opts.registry = registry.addr.to_string();
+    let scheduler = devcycle_scheduler::start(opts, shutdown.clone()).await?;
+
     println!("devcycle is up (data in {})", config.data_dir.display());
     println!(
         "  registry  {}  mTLS as {}",
         registry.addr,
         config.service_id("registry")
+    );
+    println!(
+        "  scheduler {}  mTLS as {}",
+        scheduler.addr,
+        config.service_id("scheduler")
     );
     if !config.metrics.listen.is_empty() {
         println!("  metrics   http://{}/metrics", config.metrics.listen);
@@ -70,5 +89,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     println!("stop with Ctrl-C");
 
-    registry.task.await?
+    let (r, s) = tokio::join!(registry.task, scheduler.task);
+    r??;
+    s??;
+    Ok(())
 }
