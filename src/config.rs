@@ -45,6 +45,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub registry: RegistryConfig,
     pub scheduler: SchedulerConfig,
+    pub executor: ExecutorConfig,
     pub kafka: KafkaConfig,
     pub client: ClientConfig,
 }
@@ -109,6 +110,45 @@ pub struct SchedulerConfig {
     pub heartbeat_interval_ms: u32,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// The control plane's address.
+    pub listen: SocketAddr,
+    /// This worker's id: its certificate is `worker/<id>`.
+    pub worker_id: String,
+    /// host:port of the scheduler and the registry.
+    pub scheduler: String,
+    pub registry: String,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// Agents served; empty means any.
+    pub agents: Vec<String>,
+    /// Where relative agent commands are found (e.g. `bin/lint.sh`).
+    pub agent_dir: String,
+    /// Task workspaces; empty means `<data_dir>/work`.
+    pub work_dir: String,
+    /// The bubblewrap binary; empty disables namespaces.
+    pub bwrap: String,
+    /// Use a cgroup per task when the hierarchy is writable.
+    pub cgroups: bool,
+    /// Running tasks may finish this long after SIGTERM.
+    pub drain_ms: u64,
+    /// Defaults for agents that set no limits.
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub wall_time_ms: u64,
+    pub memory_bytes: u64,
+    pub cpu_time_ms: u64,
+    pub max_processes: u32,
+    pub max_open_files: u32,
+    pub max_output_bytes: u64,
+}
+
 /// The event bus. Without brokers, events stay in the process (`devcycle up`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -127,6 +167,8 @@ pub struct ClientConfig {
     pub registry: String,
     /// host:port of the scheduler.
     pub scheduler: String,
+    /// host:port of an executor's control plane.
+    pub executor: String,
     /// Identity whose certificate the CLI presents, `<kind>/<name>`.
     pub identity: String,
 }
@@ -146,6 +188,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             registry: RegistryConfig::default(),
             scheduler: SchedulerConfig::default(),
+            executor: ExecutorConfig::default(),
             kafka: KafkaConfig::default(),
             client: ClientConfig::default(),
         }
@@ -210,6 +253,38 @@ impl Default for SchedulerConfig {
     }
 }
 
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7403)),
+            worker_id: "local".into(),
+            scheduler: "127.0.0.1:7402".into(),
+            registry: "127.0.0.1:7401".into(),
+            slots: 4,
+            agents: Vec::new(),
+            agent_dir: "examples/agents".into(),
+            work_dir: String::new(),
+            bwrap: "bwrap".into(),
+            cgroups: true,
+            drain_ms: 30_000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            wall_time_ms: 600_000,
+            memory_bytes: 1 << 30,
+            cpu_time_ms: 600_000,
+            max_processes: 256,
+            max_open_files: 1024,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -224,6 +299,7 @@ impl Default for ClientConfig {
         Self {
             registry: "127.0.0.1:7401".into(),
             scheduler: "127.0.0.1:7402".into(),
+            executor: "127.0.0.1:7403".into(),
             identity: "user/admin".into(),
         }
     }
@@ -283,6 +359,25 @@ impl Config {
             return Err(invalid(
                 "scheduler.heartbeat_interval_ms",
                 "must be between 100 and 600000",
+            ));
+        }
+        if crate::validate::dns_label("executor.worker_id", &self.executor.worker_id).is_err() {
+            return Err(invalid("executor.worker_id", "must be a DNS label"));
+        }
+        if !(1..=10_000).contains(&self.executor.slots) {
+            return Err(invalid("executor.slots", "must be between 1 and 10000"));
+        }
+        let l = &self.executor.limits;
+        if l.wall_time_ms == 0
+            || l.memory_bytes < (1 << 20)
+            || l.cpu_time_ms < 1000
+            || l.max_processes == 0
+            || l.max_open_files < 16
+            || l.max_output_bytes == 0
+        {
+            return Err(invalid(
+                "executor.limits",
+                "wall_time_ms, cpu_time_ms (>= 1000), memory_bytes (>= 1 MiB), max_processes, max_open_files (>= 16) and max_output_bytes must be set",
             ));
         }
         if !self.kafka.topic_prefix.is_empty()

@@ -44,13 +44,16 @@ impl Clients {
 impl Clients {
     pub fn scheduler(
         &self,
-    ) -> anyhow::Result<devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient<Channel>> {
+    ) -> anyhow::Result<devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient<Channel>>
+    {
         let ch = devcycle::client::channel(
             &self.tls,
             &self.config.client.scheduler,
             self.config.service_id("scheduler"),
         )?;
-        Ok(devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient::new(ch)
-            .max_decoding_message_size(16 * 1024 * 1024))
+        Ok(
+            devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient::new(ch)
+                .max_decoding_message_size(16 * 1024 * 1024),
+        )
     }
 }

@@ -58,9 +58,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let listener = TcpListener::bind(config.scheduler.listen)
         .await
-        .with_context(|| format!("scheduler.listen: cannot listen on {}", config.scheduler.listen))?;
+        .with_context(|| {
+            format!(
+                "scheduler.listen: cannot listen on {}",
+                config.scheduler.listen
+            )
+        })?;
     let bus = devcycle_scheduler::bus_from_config(&config)?;
-    let mut opts = devcycle_scheduler::Options::from_config(&config, listener, bus, &shutdown).await?;
+    let mut opts =
+        devcycle_scheduler::Options::from_config(&config, listener, bus, &shutdown).await?;
     opts.registry = registry.addr.to_string();
     let scheduler = devcycle_scheduler::start(opts, shutdown.clone()).await?;
 

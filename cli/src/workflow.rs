@@ -172,7 +172,10 @@ fn task_rows(tasks: &[pb::Task]) -> Vec<Vec<String>> {
                 format!("{}/{}", t.attempt, t.max_attempts),
                 format!("{}@{}", t.agent, t.agent_version),
                 or_dash(&t.worker_id),
-                t.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)).unwrap_or_default(),
+                t.error
+                    .as_ref()
+                    .map(|e| format!("{}: {}", e.kind, e.message))
+                    .unwrap_or_default(),
             ]
         })
         .collect()
@@ -183,16 +186,35 @@ fn show_run(r: &pb::Run, as_json: bool) {
         output::json(&run_json(r));
         return;
     }
-    println!("run {}  {}  workflow {}", r.id, run_state_name(r.state), or_dash(&r.workflow));
-    table(&["TASK", "STATE", "ATTEMPT", "AGENT", "WORKER", "ERROR"], &task_rows(&r.tasks));
+    println!(
+        "run {}  {}  workflow {}",
+        r.id,
+        run_state_name(r.state),
+        or_dash(&r.workflow)
+    );
+    table(
+        &["TASK", "STATE", "ATTEMPT", "AGENT", "WORKER", "ERROR"],
+        &task_rows(&r.tasks),
+    );
 }
 
-pub async fn run_workflow(cmd: WorkflowCmd, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
+pub async fn run_workflow(
+    cmd: WorkflowCmd,
+    clients: &Clients,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let mut c = clients.scheduler()?;
     match cmd {
-        WorkflowCmd::Submit { file, inputs, key, follow } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
-            let spec = spec_file::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        WorkflowCmd::Submit {
+            file,
+            inputs,
+            key,
+            follow,
+        } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+            let spec =
+                spec_file::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let r = c
                 .submit_run(pb::SubmitRunRequest {
                     workflow: Some(pb::submit_run_request::Workflow::Spec(spec)),
@@ -209,25 +231,47 @@ pub async fn run_workflow(cmd: WorkflowCmd, clients: &Clients, as_json: bool) ->
             if as_json {
                 output::json(&json!({"created": r.created, "run": run_json(&run)}));
             } else {
-                println!("{} run {}", if r.created { "started" } else { "existing" }, run.id);
+                println!(
+                    "{} run {}",
+                    if r.created { "started" } else { "existing" },
+                    run.id
+                );
                 println!("follow it: devcycle run watch {}", run.id);
             }
         }
         WorkflowCmd::Put { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
-            let spec = spec_file::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let w = c.put_workflow(pb::PutWorkflowRequest { spec: Some(spec) }).await?.into_inner().workflow.unwrap_or_default();
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+            let spec =
+                spec_file::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let w = c
+                .put_workflow(pb::PutWorkflowRequest { spec: Some(spec) })
+                .await?
+                .into_inner()
+                .workflow
+                .unwrap_or_default();
             let name = w.spec.map(|s| s.name).unwrap_or_default();
             println!("stored workflow {name} revision {}", w.revision);
         }
         WorkflowCmd::List => {
-            let r = c.list_workflows(pb::ListWorkflowsRequest { page_size: 1000, ..Default::default() }).await?.into_inner();
+            let r = c
+                .list_workflows(pb::ListWorkflowsRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
             let rows: Vec<Vec<String>> = r
                 .workflows
                 .iter()
                 .map(|w| {
                     let s = w.spec.clone().unwrap_or_default();
-                    vec![s.name, w.revision.to_string(), s.tasks.len().to_string(), time(&w.create_time)]
+                    vec![
+                        s.name,
+                        w.revision.to_string(),
+                        s.tasks.len().to_string(),
+                        time(&w.create_time),
+                    ]
                 })
                 .collect();
             table(&["NAME", "REVISION", "TASKS", "CREATED"], &rows);
@@ -239,10 +283,18 @@ pub async fn run_workflow(cmd: WorkflowCmd, clients: &Clients, as_json: bool) ->
 pub async fn run_run(cmd: RunCmd, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
     let mut c = clients.scheduler()?;
     match cmd {
-        RunCmd::List { state, workflow, limit } => {
+        RunCmd::List {
+            state,
+            workflow,
+            limit,
+        } => {
             let r = c
                 .list_runs(pb::ListRunsRequest {
-                    state: state.as_deref().map(parse_run_state).transpose()?.unwrap_or(0),
+                    state: state
+                        .as_deref()
+                        .map(parse_run_state)
+                        .transpose()?
+                        .unwrap_or(0),
                     workflow: workflow.unwrap_or_default(),
                     page_size: limit,
                     ..Default::default()
@@ -255,17 +307,35 @@ pub async fn run_run(cmd: RunCmd, clients: &Clients, as_json: bool) -> anyhow::R
                 let rows: Vec<Vec<String>> = r
                     .runs
                     .iter()
-                    .map(|r| vec![r.id.clone(), or_dash(&r.workflow), run_state_name(r.state).into(), time(&r.create_time), r.created_by.clone()])
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            or_dash(&r.workflow),
+                            run_state_name(r.state).into(),
+                            time(&r.create_time),
+                            r.created_by.clone(),
+                        ]
+                    })
                     .collect();
                 table(&["RUN", "WORKFLOW", "STATE", "CREATED", "BY"], &rows);
             }
         }
         RunCmd::Get { id } => {
-            let r = c.get_run(pb::GetRunRequest { run_id: id }).await?.into_inner().run.unwrap_or_default();
+            let r = c
+                .get_run(pb::GetRunRequest { run_id: id })
+                .await?
+                .into_inner()
+                .run
+                .unwrap_or_default();
             show_run(&r, as_json);
         }
         RunCmd::Cancel { id, reason } => {
-            let r = c.cancel_run(pb::CancelRunRequest { run_id: id, reason }).await?.into_inner().run.unwrap_or_default();
+            let r = c
+                .cancel_run(pb::CancelRunRequest { run_id: id, reason })
+                .await?
+                .into_inner()
+                .run
+                .unwrap_or_default();
             show_run(&r, as_json);
         }
         RunCmd::Watch { id, after } => follow_run(clients, &id, after, as_json).await?,
@@ -276,22 +346,39 @@ pub async fn run_run(cmd: RunCmd, clients: &Clients, as_json: bool) -> anyhow::R
 /// Follows a run: on a terminal, a live table of its tasks redrawn on every
 /// event; otherwise (or with --json) one line per event. Exits non-zero if
 /// the run does not succeed.
-async fn follow_run(clients: &Clients, run_id: &str, after: i64, as_json: bool) -> anyhow::Result<()> {
+async fn follow_run(
+    clients: &Clients,
+    run_id: &str,
+    after: i64,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let mut c = clients.scheduler()?;
     let mut events = c
-        .watch_run(pb::WatchRunRequest { run_id: run_id.to_owned(), after_sequence: after })
+        .watch_run(pb::WatchRunRequest {
+            run_id: run_id.to_owned(),
+            after_sequence: after,
+        })
         .await?
         .into_inner();
     let live = std::io::stdout().is_terminal() && !as_json;
     let mut drawn = 0usize;
     let mut last_event = String::new();
-    let mut run = c.get_run(pb::GetRunRequest { run_id: run_id.to_owned() }).await?.into_inner().run.unwrap_or_default();
+    let mut run = c
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .run
+        .unwrap_or_default();
     if live {
         drawn = draw(&run, &last_event, 0);
     }
     while let Some(e) = events.next().await {
         let e = e?.event.unwrap_or_default();
-        let kind = pb::RunEventKind::try_from(e.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN");
+        let kind = pb::RunEventKind::try_from(e.kind)
+            .map(|k| k.as_str_name())
+            .unwrap_or("UNKNOWN");
         let kind = kind.trim_start_matches("RUN_EVENT_KIND_").to_lowercase();
         let line = format!(
             "{:>4} {} {:<16} {}{}{}",
@@ -299,20 +386,44 @@ async fn follow_run(clients: &Clients, run_id: &str, after: i64, as_json: bool) 
             time(&e.time),
             kind,
             e.task_key,
-            if e.worker_id.is_empty() || e.task_key.is_empty() { String::new() } else { format!(" on {}", e.worker_id) },
-            if e.message.is_empty() { String::new() } else { format!("  {}", e.message) }
+            if e.worker_id.is_empty() || e.task_key.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", e.worker_id)
+            },
+            if e.message.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", e.message)
+            }
         );
         if as_json {
-            output::json(&json!({"sequence": e.sequence, "kind": kind, "task": e.task_key, "worker": e.worker_id, "message": e.message, "time": time(&e.time)}));
+            output::json(
+                &json!({"sequence": e.sequence, "kind": kind, "task": e.task_key, "worker": e.worker_id, "message": e.message, "time": time(&e.time)}),
+            );
         } else if live {
-            run = c.get_run(pb::GetRunRequest { run_id: run_id.to_owned() }).await?.into_inner().run.unwrap_or_default();
+            run = c
+                .get_run(pb::GetRunRequest {
+                    run_id: run_id.to_owned(),
+                })
+                .await?
+                .into_inner()
+                .run
+                .unwrap_or_default();
             last_event = line;
             drawn = draw(&run, &last_event, drawn);
         } else {
             println!("{line}");
         }
     }
-    run = c.get_run(pb::GetRunRequest { run_id: run_id.to_owned() }).await?.into_inner().run.unwrap_or_default();
+    run = c
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .run
+        .unwrap_or_default();
     if live {
         draw(&run, &last_event, drawn);
     } else if !as_json {
@@ -346,7 +457,15 @@ fn draw(run: &pb::Run, last_event: &str, previous: usize) -> usize {
         let deps = if t.depends_on.is_empty() {
             String::new()
         } else {
-            format!("  ← {}", t.depends_on.iter().filter(|d| keys.contains_key(d.as_str())).cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "  ← {}",
+                t.depends_on
+                    .iter()
+                    .filter(|d| keys.contains_key(d.as_str()))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let _ = writeln!(
             out,
@@ -376,7 +495,10 @@ pub async fn run_task(cmd: TaskCmd, clients: &Clients, as_json: bool) -> anyhow:
                 .submit_task(pb::SubmitTaskRequest {
                     task: Some(pb::TaskSpec {
                         id: "task".into(),
-                        target: Some(pb::task_spec::Target::Agent(pb::AgentRef { name: agent, version: String::new() })),
+                        target: Some(pb::task_spec::Target::Agent(pb::AgentRef {
+                            name: agent,
+                            version: String::new(),
+                        })),
                         input,
                         ..Default::default()
                     }),
@@ -403,7 +525,11 @@ pub async fn run_task(cmd: TaskCmd, clients: &Clients, as_json: bool) -> anyhow:
             let r = c
                 .list_tasks(pb::ListTasksRequest {
                     run_id: run.unwrap_or_default(),
-                    state: state.as_deref().map(parse_task_state).transpose()?.unwrap_or(0),
+                    state: state
+                        .as_deref()
+                        .map(parse_task_state)
+                        .transpose()?
+                        .unwrap_or(0),
                     page_size: 1000,
                     ..Default::default()
                 })
@@ -416,15 +542,29 @@ pub async fn run_task(cmd: TaskCmd, clients: &Clients, as_json: bool) -> anyhow:
                 for (row, t) in rows.iter_mut().zip(&r.tasks) {
                     row.insert(0, t.id.clone());
                 }
-                table(&["ID", "TASK", "STATE", "ATTEMPT", "AGENT", "WORKER", "ERROR"], &rows);
+                table(
+                    &["ID", "TASK", "STATE", "ATTEMPT", "AGENT", "WORKER", "ERROR"],
+                    &rows,
+                );
             }
         }
         TaskCmd::Retry { id } => {
-            let t = c.retry_task(pb::RetryTaskRequest { task_id: id }).await?.into_inner().task.unwrap_or_default();
+            let t = c
+                .retry_task(pb::RetryTaskRequest { task_id: id })
+                .await?
+                .into_inner()
+                .task
+                .unwrap_or_default();
             println!("task {} is {} again", t.id, task_state_name(t.state));
         }
         TaskCmd::Logs { id } => {
-            let r = c.get_task_logs(pb::GetTaskLogsRequest { task_id: id, limit: 0 }).await?.into_inner();
+            let r = c
+                .get_task_logs(pb::GetTaskLogsRequest {
+                    task_id: id,
+                    limit: 0,
+                })
+                .await?
+                .into_inner();
             for l in &r.lines {
                 println!("{} [{}#{}] {}", time(&l.time), l.stream, l.attempt, l.line);
             }
@@ -437,16 +577,31 @@ pub async fn run_dlq(cmd: DlqCmd, clients: &Clients, as_json: bool) -> anyhow::R
     let mut c = clients.scheduler()?;
     match cmd {
         DlqCmd::List => {
-            let r = c.list_dead_letters(pb::ListDeadLettersRequest { page_size: 1000, ..Default::default() }).await?.into_inner();
+            let r = c
+                .list_dead_letters(pb::ListDeadLettersRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
             if as_json {
-                output::json(&Value::Array(r.dead_letters.iter().filter_map(|d| d.task.as_ref()).map(task_json).collect()));
+                output::json(&Value::Array(
+                    r.dead_letters
+                        .iter()
+                        .filter_map(|d| d.task.as_ref())
+                        .map(task_json)
+                        .collect(),
+                ));
             } else {
                 let rows: Vec<Vec<String>> = r
                     .dead_letters
                     .iter()
                     .map(|d| {
                         let t = d.task.clone().unwrap_or_default();
-                        let err = t.error.map(|e| format!("{}: {}", e.kind, e.message)).unwrap_or_default();
+                        let err = t
+                            .error
+                            .map(|e| format!("{}: {}", e.kind, e.message))
+                            .unwrap_or_default();
                         vec![t.id, t.run_id, t.key, t.agent, time(&d.dead_time), err]
                     })
                     .collect();
@@ -454,7 +609,12 @@ pub async fn run_dlq(cmd: DlqCmd, clients: &Clients, as_json: bool) -> anyhow::R
             }
         }
         DlqCmd::Requeue { task_id } => {
-            let t = c.requeue_dead_letter(pb::RequeueDeadLetterRequest { task_id }).await?.into_inner().task.unwrap_or_default();
+            let t = c
+                .requeue_dead_letter(pb::RequeueDeadLetterRequest { task_id })
+                .await?
+                .into_inner()
+                .task
+                .unwrap_or_default();
             println!("task {} requeued ({})", t.id, task_state_name(t.state));
         }
     }

@@ -48,7 +48,14 @@ fn tansu_path() -> String {
 fn start_broker(port: u16) -> Broker {
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu_path())
-        .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .args([
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -62,7 +69,11 @@ fn start_broker(port: u16) -> Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn consumer(brokers: &str) -> StreamConsumer {
@@ -84,9 +95,17 @@ async fn collect(c: &StreamConsumer, want: &HashMap<String, i64>) -> BTreeMap<St
     let mut dedupe = Dedupe::new(100_000);
     let mut got: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while want.iter().any(|(r, last)| got.get(r).map(|s| s.len() as i64) != Some(*last)) {
-        assert!(Instant::now() < deadline, "events missing: {want:?} vs {got:?}");
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), c.recv()).await else { continue };
+    while want
+        .iter()
+        .any(|(r, last)| got.get(r).map(|s| s.len() as i64) != Some(*last))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "events missing: {want:?} vs {got:?}"
+        );
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), c.recv()).await else {
+            continue;
+        };
         let e = pb::RunEvent::decode(m.payload().unwrap_or_default()).unwrap();
         assert_eq!(m.key(), Some(e.run_id.as_bytes()), "keyed by run id");
         if !dedupe.first(&e.event_id) || !want.contains_key(&e.run_id) {
@@ -105,7 +124,10 @@ async fn run_some(m: &Mesh, n: usize) -> HashMap<String, i64> {
             .submit_task(pb::SubmitTaskRequest {
                 task: Some(pb::TaskSpec {
                     id: "t".into(),
-                    target: Some(pb::task_spec::Target::Agent(pb::AgentRef { name: "echo".into(), version: String::new() })),
+                    target: Some(pb::task_spec::Target::Agent(pb::AgentRef {
+                        name: "echo".into(),
+                        version: String::new(),
+                    })),
                     input: format!(r#"{{"i":{i}}}"#),
                     ..Default::default()
                 }),
@@ -151,6 +173,10 @@ async fn events_survive_a_kafka_outage_in_order() {
     let got = collect(&c, &second).await;
     assert_eq!(got.len(), 5);
     for seqs in got.values() {
-        assert_eq!(seqs, &[1, 2, 3, 4], "every event once per id, in order per run");
+        assert_eq!(
+            seqs,
+            &[1, 2, 3, 4],
+            "every event once per id, in order per run"
+        );
     }
 }

@@ -80,8 +80,9 @@ impl CertificateAuthority {
         &self.cert_pem
     }
 
-    /// An SVID for `id`. Services also get server names (`hosts`: DNS names
-    /// or IP addresses) and the serverAuth usage; everyone gets clientAuth.
+    /// An SVID for `id`. Services and workers (which serve a control plane)
+    /// also get server names (`hosts`: DNS names or IP addresses) and the
+    /// serverAuth usage; everyone gets clientAuth.
     pub fn issue(
         &self,
         id: &SpiffeId,
@@ -96,7 +97,7 @@ impl CertificateAuthority {
         params.subject_alt_names = svid_sans(id, hosts)?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if id.kind() == Kind::Service {
+        if matches!(id.kind(), Kind::Service | Kind::Worker) {
             params
                 .extended_key_usages
                 .push(ExtendedKeyUsagePurpose::ServerAuth);

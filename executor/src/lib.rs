@@ -1,0 +1,213 @@
+//! The Executor: a worker that runs agents. It holds a `Work` stream to the
+//! scheduler, runs leased tasks in sandboxes with resource limits, registers
+//! with the registry, and serves its own control plane.
+
+mod liveness;
+pub mod runtime;
+mod service;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcycle::authz::Policy;
+use devcycle::config::Config;
+use devcycle::identity::SpiffeId;
+use devcycle::proto::executor::v1::executor_server::{ExecutorServer, SERVICE_NAME};
+use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
+use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
+use devcycle::server::MeshServer;
+use devcycle::tls::MeshTls;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use runtime::process::{Capabilities, Limits};
+
+const M: &str = "/devcycle.executor.v1.Executor/";
+
+/// Status is open to the mesh; acting on tasks is for people and the
+/// mesh's services.
+pub fn policy() -> Policy {
+    const READ: &[&str] = &["*"];
+    const ACT: &[&str] = &["user/*", "svc/gateway", "svc/scheduler"];
+    let entries: Vec<(String, &[&str])> = [
+        ("GetStatus", READ),
+        ("ListRunningTasks", READ),
+        ("CancelTask", ACT),
+        ("StreamTaskLogs", ACT),
+        ("Drain", ACT),
+    ]
+    .into_iter()
+    .map(|(m, p)| (format!("{M}{m}"), p))
+    .collect();
+    let refs: Vec<(&str, &[&str])> = entries.iter().map(|(m, p)| (m.as_str(), *p)).collect();
+    Policy::new(&refs)
+}
+
+pub struct Options {
+    /// The control plane's listener.
+    pub listener: TcpListener,
+    /// The worker's identity, `worker/<id>`.
+    pub tls: Arc<MeshTls>,
+    pub scheduler: String,
+    pub registry: String,
+    pub slots: u32,
+    pub agents: Vec<String>,
+    pub caps: Capabilities,
+    pub limits: Limits,
+    pub agent_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub drain: Duration,
+    pub gateway: SpiffeId,
+}
+
+impl Options {
+    pub async fn from_config(
+        config: &Config,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let id = SpiffeId::new(
+            &config.trust_domain,
+            devcycle::identity::Kind::Worker,
+            &config.executor.worker_id,
+        )
+        .map_err(|e| anyhow::anyhow!("executor.worker_id: {e}"))?;
+        let tls = devcycle::mesh::identity(config, &id, shutdown)?;
+        let e = &config.executor;
+        let l = &e.limits;
+        Ok(Self {
+            listener,
+            tls,
+            scheduler: e.scheduler.clone(),
+            registry: e.registry.clone(),
+            slots: e.slots,
+            agents: e.agents.clone(),
+            caps: Capabilities::detect(&e.bwrap, e.cgroups),
+            limits: Limits {
+                wall: Duration::from_millis(l.wall_time_ms),
+                memory_bytes: l.memory_bytes,
+                cpu_time: Duration::from_millis(l.cpu_time_ms),
+                max_processes: l.max_processes,
+                max_open_files: l.max_open_files,
+                max_output_bytes: l.max_output_bytes,
+            },
+            agent_dir: std::path::absolute(&e.agent_dir)?,
+            work_dir: if e.work_dir.is_empty() {
+                config.data_dir.join("work")
+            } else {
+                PathBuf::from(&e.work_dir)
+            },
+            drain: Duration::from_millis(e.drain_ms),
+            gateway: config.service_id("gateway"),
+        })
+    }
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub state: Arc<worker::State>,
+}
+
+/// Starts the worker and its control plane. On `shutdown` it drains: no new
+/// work, running tasks get `drain` to finish, then are handed back.
+pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let addr = opts.listener.local_addr()?;
+    let worker_id = opts.tls.id().name().to_owned();
+    tokio::fs::create_dir_all(&opts.work_dir).await?;
+    let caps = opts.caps.clone();
+    tracing::info!(
+        worker_id = %worker_id,
+        bubblewrap = caps.bwrap.is_some(),
+        cgroups = caps.cgroups.as_ref().map(|c| format!("{:?}", c.version)).unwrap_or_else(|| "none".into()),
+        "sandbox capabilities"
+    );
+    let state = worker::State::new(worker_id, opts.slots, opts.agents.clone());
+    let env = Arc::new(runtime::Env {
+        caps: caps.clone(),
+        defaults: opts.limits,
+        agent_dir: opts.agent_dir,
+        work_dir: opts.work_dir,
+        http: reqwest::Client::builder()
+            .user_agent("devcycle-executor")
+            .build()?,
+    });
+    let trust = opts.tls.trust_domain().to_owned();
+    let service = |name: &str| SpiffeId::service(&trust, name).expect("service names are valid");
+    let scheduler = SchedulerClient::new(devcycle::client::channel(
+        &opts.tls,
+        &opts.scheduler,
+        service("scheduler"),
+    )?)
+    .max_decoding_message_size(16 * 1024 * 1024);
+    let registry = AgentRegistryClient::new(devcycle::client::channel(
+        &opts.tls,
+        &opts.registry,
+        service("registry"),
+    )?);
+
+    let stop = CancellationToken::new();
+    let work = tokio::spawn(
+        worker::Worker {
+            state: Arc::clone(&state),
+            env,
+            scheduler,
+        }
+        .run(stop.clone()),
+    );
+    let live = tokio::spawn(liveness::run(
+        Arc::clone(&state),
+        registry,
+        addr.to_string(),
+        stop.clone(),
+    ));
+    {
+        let (state, stop, deadline, shutdown) = (
+            Arc::clone(&state),
+            stop.clone(),
+            opts.drain,
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!("draining: no new work");
+            worker::drain(&state, deadline).await;
+            stop.cancel();
+        });
+    }
+    let server_stop = CancellationToken::new();
+    let server = MeshServer {
+        name: "executor",
+        listener: opts.listener,
+        tls: opts.tls,
+        policy: policy(),
+        gateway: opts.gateway,
+        health_names: vec![SERVICE_NAME],
+        health_grace: Duration::ZERO,
+        drain: Duration::from_secs(1),
+        reflection: true,
+    };
+    let routes = tonic::service::Routes::new(ExecutorServer::new(service::ExecutorService {
+        state: Arc::clone(&state),
+        caps,
+        drain_deadline: opts.drain,
+    }));
+    let serving = tokio::spawn(server.serve(routes, server_stop.clone()));
+    let task = tokio::spawn(async move {
+        let _ = work.await;
+        let _ = live.await;
+        server_stop.cancel();
+        serving.await?
+    });
+    Ok(Running { addr, task, state })
+}
+
+pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.executor.listen).await?;
+    let opts = Options::from_config(config, listener, &shutdown).await?;
+    let running = start(opts, shutdown).await?;
+    running.task.await?
+}
