@@ -24,3 +24,13 @@ pub fn channel(
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_with_connector_lazy(MeshConnector::new(tls, Some(expect))))
 }
+
+/// A channel to any mesh identity at `addr` (its SPIFFE ID is still
+/// verified to be of this trust domain); for talking to a worker whose id
+/// the caller does not know.
+pub fn channel_any(tls: &Arc<MeshTls>, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_with_connector_lazy(MeshConnector::new(tls, None)))
+}

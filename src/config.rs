@@ -124,8 +124,11 @@ pub struct ExecutorConfig {
     pub slots: u32,
     /// Agents served; empty means any.
     pub agents: Vec<String>,
-    /// Where relative agent commands are found (e.g. `bin/lint.sh`).
+    /// Where relative agent commands are found (e.g. `bin/lint.py`).
     pub agent_dir: String,
+    /// Host directories agents may read (bound read-only in the sandbox),
+    /// e.g. where local repositories live.
+    pub read_only: Vec<String>,
     /// Task workspaces; empty means `<data_dir>/work`.
     pub work_dir: String,
     /// The bubblewrap binary; empty disables namespaces.
@@ -263,6 +266,7 @@ impl Default for ExecutorConfig {
             slots: 4,
             agents: Vec::new(),
             agent_dir: "examples/agents".into(),
+            read_only: Vec::new(),
             work_dir: String::new(),
             bwrap: "bwrap".into(),
             cgroups: true,

@@ -61,10 +61,23 @@ pub enum AgentCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum WorkerCmd {
-    /// List executors and their liveness.
+    /// List executors and their liveness (from the registry).
     List {
         #[arg(long)]
         agent: Option<String>,
+    },
+    /// An executor's status: slots, running tasks, resource use, isolation.
+    Status,
+    /// Tasks an executor is running.
+    Tasks,
+    /// Kill a running task's process group.
+    Cancel { task_id: String },
+    /// Follow a running task's log lines.
+    Logs { task_id: String },
+    /// Stop taking work; running tasks finish or are handed back.
+    Drain {
+        #[arg(long, default_value_t = 30_000)]
+        deadline_ms: u32,
     },
 }
 
@@ -412,8 +425,81 @@ pub async fn apply(
 }
 
 pub async fn run_worker(cmd: WorkerCmd, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
+    use devcycle::proto::executor::v1 as ex;
     let mut c = clients.registry()?;
     match cmd {
+        WorkerCmd::Status => {
+            let s = clients
+                .executor()?
+                .get_status(ex::GetStatusRequest {})
+                .await?
+                .into_inner();
+            let iso = s.isolation.unwrap_or_default();
+            let usage = s.usage.unwrap_or_default();
+            let v = json!({
+                "worker_id": s.worker_id,
+                "state": ex::ExecutorState::try_from(s.state).map(|x| x.as_str_name()).unwrap_or("UNKNOWN").trim_start_matches("EXECUTOR_STATE_").to_lowercase(),
+                "slots": s.slots, "running": s.running, "agents": s.agents,
+                "rss_bytes": usage.rss_bytes, "cpu_time_ms": usage.cpu_time_ms,
+                "bubblewrap": iso.bubblewrap, "cgroups": iso.cgroups, "cgroup_version": iso.cgroup_version, "rlimits": iso.rlimits,
+            });
+            if as_json {
+                output::json(&v);
+            } else {
+                for (k, val) in v.as_object().into_iter().flatten() {
+                    println!("{k:<14} {val}");
+                }
+            }
+        }
+        WorkerCmd::Tasks => {
+            let r = clients
+                .executor()?
+                .list_running_tasks(ex::ListRunningTasksRequest {})
+                .await?
+                .into_inner();
+            let rows: Vec<Vec<String>> = r
+                .tasks
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.task_id.clone(),
+                        t.attempt.to_string(),
+                        format!("{}@{}", t.agent, t.agent_version),
+                        t.pid.to_string(),
+                        time(&t.start_time),
+                    ]
+                })
+                .collect();
+            table(&["TASK", "ATTEMPT", "AGENT", "PID", "STARTED"], &rows);
+        }
+        WorkerCmd::Cancel { task_id } => {
+            clients
+                .executor()?
+                .cancel_task(ex::CancelTaskRequest {
+                    task_id: task_id.clone(),
+                    reason: "cancelled from the CLI".into(),
+                })
+                .await?;
+            println!("cancelled {task_id}");
+        }
+        WorkerCmd::Logs { task_id } => {
+            let mut s = clients
+                .executor()?
+                .stream_task_logs(ex::StreamTaskLogsRequest { task_id })
+                .await?
+                .into_inner();
+            while let Some(l) = s.message().await? {
+                println!("{} [{}] {}", time(&l.time), l.stream, l.line);
+            }
+        }
+        WorkerCmd::Drain { deadline_ms } => {
+            let r = clients
+                .executor()?
+                .drain(ex::DrainRequest { deadline_ms })
+                .await?
+                .into_inner();
+            println!("draining; {} task(s) were running", r.running);
+        }
         WorkerCmd::List { agent } => {
             let r = c
                 .list_workers(pb::ListWorkersRequest {

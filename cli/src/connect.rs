@@ -57,3 +57,14 @@ impl Clients {
         )
     }
 }
+
+impl Clients {
+    /// The executor at `client.executor`, whatever its worker id.
+    pub fn executor(
+        &self,
+    ) -> anyhow::Result<devcycle::proto::executor::v1::executor_client::ExecutorClient<Channel>>
+    {
+        let ch = devcycle::client::channel_any(&self.tls, &self.config.client.executor)?;
+        Ok(devcycle::proto::executor::v1::executor_client::ExecutorClient::new(ch))
+    }
+}

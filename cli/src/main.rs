@@ -62,6 +62,22 @@ enum Command {
         #[arg(long)]
         kafka_brokers: Option<String>,
     },
+    /// Run an executor: a worker that runs agents in sandboxes.
+    Executor {
+        /// host:port of its control plane.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Its id; its certificate is worker/<id>.
+        #[arg(long)]
+        worker_id: Option<String>,
+        #[arg(long)]
+        scheduler: Option<String>,
+        #[arg(long)]
+        registry: Option<String>,
+        /// Tasks run at once.
+        #[arg(long)]
+        slots: Option<u32>,
+    },
     /// Workflows: submit, store, list.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCmd),
@@ -143,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             defaults.tls.dev_ca = true;
             let config = load_config(&src, defaults, args.flags())?;
             devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
-            up::run(config).await
+            up::run(config, &args).await
         }
         Command::Registry {
             listen,
@@ -190,6 +206,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
             }
             devcycle_scheduler::serve(&config, shutdown).await
+        }
+        Command::Executor {
+            listen,
+            worker_id,
+            scheduler,
+            registry,
+            slots,
+        } => {
+            let mut flags = Vec::new();
+            for (key, value) in [
+                ("executor.listen", listen),
+                ("executor.worker_id", worker_id),
+                ("executor.scheduler", scheduler),
+                ("executor.registry", registry),
+            ] {
+                if let Some(v) = value {
+                    flags.push((key, serde_json::Value::from(v)));
+                }
+            }
+            if let Some(n) = slots {
+                flags.push(("executor.slots", serde_json::Value::from(n)));
+            }
+            let config = load_config(&src, Config::default(), flags)?;
+            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            devcycle::server::cancel_on_signals(shutdown.clone());
+            if !config.metrics.listen.is_empty() {
+                devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
+            }
+            devcycle_executor::serve(&config, shutdown).await
         }
         Command::Workflow(cmd) => {
             let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;

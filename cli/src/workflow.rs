@@ -226,7 +226,7 @@ pub async fn run_workflow(
                 .into_inner();
             let run = r.run.unwrap_or_default();
             if follow {
-                return follow_run(clients, &run.id, 0, as_json).await;
+                return follow_run(clients, &run.id, 0, as_json, true).await;
             }
             if as_json {
                 output::json(&json!({"created": r.created, "run": run_json(&run)}));
@@ -338,20 +338,35 @@ pub async fn run_run(cmd: RunCmd, clients: &Clients, as_json: bool) -> anyhow::R
                 .unwrap_or_default();
             show_run(&r, as_json);
         }
-        RunCmd::Watch { id, after } => follow_run(clients, &id, after, as_json).await?,
+        RunCmd::Watch { id, after } => follow_run(clients, &id, after, as_json, true).await?,
     }
     Ok(())
 }
 
-/// Follows a run: on a terminal, a live table of its tasks redrawn on every
-/// event; otherwise (or with --json) one line per event. Exits non-zero if
-/// the run does not succeed.
 async fn follow_run(
     clients: &Clients,
     run_id: &str,
     after: i64,
     as_json: bool,
+    logs: bool,
 ) -> anyhow::Result<()> {
+    let run = follow(clients, run_id, after, as_json, logs).await?;
+    if run.state != pb::RunState::Succeeded as i32 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Follows a run: on a terminal, a live table of its tasks (and the latest
+/// log lines) redrawn on every event; otherwise (or with --json) one line
+/// per event. Returns the run as it ended.
+pub async fn follow(
+    clients: &Clients,
+    run_id: &str,
+    after: i64,
+    as_json: bool,
+    logs: bool,
+) -> anyhow::Result<pb::Run> {
     let mut c = clients.scheduler()?;
     let mut events = c
         .watch_run(pb::WatchRunRequest {
@@ -363,6 +378,7 @@ async fn follow_run(
     let live = std::io::stdout().is_terminal() && !as_json;
     let mut drawn = 0usize;
     let mut last_event = String::new();
+    let mut tail: Vec<String> = Vec::new();
     let mut run = c
         .get_run(pb::GetRunRequest {
             run_id: run_id.to_owned(),
@@ -372,7 +388,7 @@ async fn follow_run(
         .run
         .unwrap_or_default();
     if live {
-        drawn = draw(&run, &last_event, 0);
+        drawn = draw(&run, &last_event, &tail, 0);
     }
     while let Some(e) = events.next().await {
         let e = e?.event.unwrap_or_default();
@@ -411,7 +427,21 @@ async fn follow_run(
                 .run
                 .unwrap_or_default();
             last_event = line;
-            drawn = draw(&run, &last_event, drawn);
+            if logs && !e.task_id.is_empty() {
+                let l = c
+                    .get_task_logs(pb::GetTaskLogsRequest {
+                        task_id: e.task_id.clone(),
+                        limit: 0,
+                    })
+                    .await?
+                    .into_inner();
+                let start = l.lines.len().saturating_sub(5);
+                tail = l.lines[start..]
+                    .iter()
+                    .map(|l| format!("{}: {}", e.task_key, l.line))
+                    .collect();
+            }
+            drawn = draw(&run, &last_event, &tail, drawn);
         } else {
             println!("{line}");
         }
@@ -425,18 +455,15 @@ async fn follow_run(
         .run
         .unwrap_or_default();
     if live {
-        draw(&run, &last_event, drawn);
+        draw(&run, &last_event, &tail, drawn);
     } else if !as_json {
         show_run(&run, false);
     }
-    if run.state != pb::RunState::Succeeded as i32 {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(run)
 }
 
 /// Redraws the run's task table in place; returns the lines drawn.
-fn draw(run: &pb::Run, last_event: &str, previous: usize) -> usize {
+fn draw(run: &pb::Run, last_event: &str, tail: &[String], previous: usize) -> usize {
     let mut out = std::io::stdout().lock();
     if previous > 0 {
         let _ = write!(out, "\x1b[{previous}A\x1b[J");
@@ -481,6 +508,11 @@ fn draw(run: &pb::Run, last_event: &str, previous: usize) -> usize {
     }
     if !last_event.is_empty() {
         let _ = writeln!(out, "  last: {last_event}");
+        lines += 1;
+    }
+    for l in tail {
+        let short: String = l.chars().take(120).collect();
+        let _ = writeln!(out, "    \x1b[90m{short}\x1b[0m");
         lines += 1;
     }
     let _ = out.flush();

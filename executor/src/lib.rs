@@ -58,6 +58,7 @@ pub struct Options {
     pub caps: Capabilities,
     pub limits: Limits,
     pub agent_dir: PathBuf,
+    pub read_only: Vec<PathBuf>,
     pub work_dir: PathBuf,
     pub drain: Duration,
     pub gateway: SpiffeId,
@@ -95,6 +96,11 @@ impl Options {
                 max_output_bytes: l.max_output_bytes,
             },
             agent_dir: std::path::absolute(&e.agent_dir)?,
+            read_only: e
+                .read_only
+                .iter()
+                .map(std::path::absolute)
+                .collect::<Result<_, _>>()?,
             work_dir: if e.work_dir.is_empty() {
                 config.data_dir.join("work")
             } else {
@@ -130,6 +136,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         caps: caps.clone(),
         defaults: opts.limits,
         agent_dir: opts.agent_dir,
+        read_only: opts.read_only,
         work_dir: opts.work_dir,
         http: reqwest::Client::builder()
             .user_agent("devcycle-executor")

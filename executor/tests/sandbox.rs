@@ -22,6 +22,7 @@ fn env(work: &std::path::Path, caps: Capabilities) -> Env {
             max_output_bytes: 64 * 1024,
         },
         agent_dir: work.join("agents"),
+        read_only: vec![],
         work_dir: work.join("tasks"),
         http: reqwest::Client::new(),
     }

@@ -122,6 +122,8 @@ pub struct Env {
     pub caps: process::Capabilities,
     pub defaults: process::Limits,
     pub agent_dir: PathBuf,
+    /// Host directories bound read-only into every sandbox.
+    pub read_only: Vec<PathBuf>,
     pub work_dir: PathBuf,
     pub http: reqwest::Client,
 }
@@ -138,6 +140,7 @@ pub async fn run(task: &TaskRun, env: &Env) -> Finished {
                 runtime: p,
                 limits: process::Limits::resolve(&limits, &env.defaults, task.start_to_close),
                 agent_dir: &env.agent_dir,
+                read_only: &env.read_only,
                 work_dir: &env.work_dir,
             };
             process::run(task, spec, &env.caps).await

@@ -136,8 +136,10 @@ impl Limits {
 pub struct ProcessSpec<'a> {
     pub runtime: &'a reg::ProcessRuntime,
     pub limits: Limits,
-    /// Where relative commands (`bin/lint.sh`) are found; bound read-only.
+    /// Where relative commands (`bin/lint.py`) are found; bound read-only.
     pub agent_dir: &'a Path,
+    /// More host directories bound read-only.
+    pub read_only: &'a [PathBuf],
     pub work_dir: &'a Path,
 }
 
@@ -290,6 +292,9 @@ async fn run_in(
             let agent_dir = spec.agent_dir.to_string_lossy();
             if spec.agent_dir.is_dir() {
                 cmd.args(["--ro-bind", &agent_dir, &agent_dir]);
+            }
+            for dir in spec.read_only {
+                cmd.arg("--ro-bind-try").arg(dir).arg(dir);
             }
             cmd.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
             cmd.arg("--bind").arg(workspace).arg("/workspace");
