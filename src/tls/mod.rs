@@ -29,10 +29,10 @@ use crate::identity::SpiffeId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
@@ -45,10 +45,10 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, error: std::io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            error,
         }
     }
     fn issue(e: impl std::fmt::Display) -> Self {
