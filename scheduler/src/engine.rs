@@ -172,9 +172,12 @@ enum ReplyTo {
     Nobody,
 }
 
+/// Answers a submitter: the run id, and whether it was created.
+type SubmitReply = oneshot::Sender<Result<(String, bool), Status>>;
+
 #[derive(Default)]
 struct Pending {
-    submits: Vec<(Submit, oneshot::Sender<Result<(String, bool), Status>>)>,
+    submits: Vec<(Submit, SubmitReply)>,
     ops: Vec<(Op, ReplyTo)>,
     logs: Vec<LogRow>,
     heartbeat_groups: usize,
@@ -494,7 +497,7 @@ impl Core {
     async fn dispatch(
         &mut self,
         a: Applied,
-        submit_replies: Vec<oneshot::Sender<Result<(String, bool), Status>>>,
+        submit_replies: Vec<SubmitReply>,
         op_replies: Vec<ReplyTo>,
     ) {
         // New leases first: the workers are waiting.

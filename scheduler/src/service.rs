@@ -78,24 +78,16 @@ impl SchedulerService {
 
     /// Validates, resolves agents, and starts a run (or finds the run its
     /// idempotency key names). Returns the run id and whether it is new.
-    async fn start(
-        &self,
-        caller: &Caller,
-        spec: pb::WorkflowSpec,
-        revision: i64,
-        prefix: &str,
-        inputs: &std::collections::HashMap<String, String>,
-        key: &str,
-        workflow_name: String,
-    ) -> Result<(String, bool)> {
-        validate::max_bytes("idempotency_key", key, 128)?;
-        let key = (!key.is_empty()).then(|| key.to_owned());
+    async fn start(&self, caller: &Caller, s: Start<'_>) -> Result<(String, bool)> {
+        validate::max_bytes("idempotency_key", s.key, 128)?;
+        let key = (!s.key.is_empty()).then(|| s.key.to_owned());
         if let Some(k) = &key
             && let Some(existing) = self.store.run_by_key(k).await?
         {
             return Ok((existing, false));
         }
-        let plan = spec::plan_run(&spec, inputs, prefix)?;
+        let prefix = s.prefix;
+        let plan = spec::plan_run(&s.spec, s.inputs, prefix)?;
         let mut agents = Vec::with_capacity(plan.tasks.len());
         for t in &plan.tasks {
             let field = match &t.target {
@@ -105,18 +97,15 @@ impl SchedulerService {
             agents.push(self.resolver.resolve(&t.target, &field).await?);
         }
         let specs = dedupe(&agents);
-        let submit = submit::build(
-            plan,
-            agents,
-            uuid::Uuid::now_v7().to_string(),
-            revision,
-            workflow_name,
-            key,
-            caller.actor(),
-            now_ms(),
-            &self.schemas,
-            prefix,
-        )?;
+        let meta = submit::RunMeta {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            workflow_name: s.workflow_name,
+            workflow_revision: s.revision,
+            idempotency_key: key,
+            created_by: caller.actor(),
+            now: now_ms(),
+        };
+        let submit = submit::build(plan, agents, meta, &self.schemas, prefix)?;
         self.engine
             .submit(submit, specs)
             .await
@@ -158,6 +147,17 @@ impl SchedulerService {
             _ => Ok(()),
         }
     }
+}
+
+/// A run to start, as a submit described it.
+struct Start<'a> {
+    spec: pb::WorkflowSpec,
+    revision: i64,
+    /// Field path of the spec in errors: "spec", "workflow" or "task".
+    prefix: &'a str,
+    inputs: &'a std::collections::HashMap<String, String>,
+    key: &'a str,
+    workflow_name: String,
 }
 
 fn dedupe(agents: &[Arc<reg::AgentVersion>]) -> Vec<Arc<reg::AgentVersion>> {
@@ -269,17 +269,15 @@ impl Scheduler for SchedulerService {
                 let r = req.into_inner();
                 let (spec, revision, prefix) = self.workflow_spec(r.workflow).await?;
                 let name = spec.name.clone();
-                let (run_id, created) = self
-                    .start(
-                        &caller,
-                        spec,
-                        revision,
-                        prefix,
-                        &r.inputs,
-                        &r.idempotency_key,
-                        name,
-                    )
-                    .await?;
+                let start = Start {
+                    spec,
+                    revision,
+                    prefix,
+                    inputs: &r.inputs,
+                    key: &r.idempotency_key,
+                    workflow_name: name,
+                };
+                let (run_id, created) = self.start(&caller, start).await?;
                 let run = self.answer(&run_id, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitRunResponse {
                     run: Some(run),
@@ -314,25 +312,23 @@ impl Scheduler for SchedulerService {
                     tasks: vec![task],
                     ..Default::default()
                 };
-                let (run_id, created) = self
-                    .start(
-                        &caller,
-                        spec,
-                        0,
-                        "task",
-                        &Default::default(),
-                        &r.idempotency_key,
-                        String::new(),
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        // The one-task spec's fields are the request's `task.*`.
-                        Error::Invalid(f) => Error::Invalid(FieldError::new(
-                            f.field.replacen("task.tasks[0]", "task", 1),
-                            f.reason,
-                        )),
-                        other => other,
-                    })?;
+                let no_inputs = Default::default();
+                let start = Start {
+                    spec,
+                    revision: 0,
+                    prefix: "task",
+                    inputs: &no_inputs,
+                    key: &r.idempotency_key,
+                    workflow_name: String::new(),
+                };
+                let (run_id, created) = self.start(&caller, start).await.map_err(|e| match e {
+                    // The one-task spec's fields are the request's `task.*`.
+                    Error::Invalid(f) => Error::Invalid(FieldError::new(
+                        f.field.replacen("task.tasks[0]", "task", 1),
+                        f.reason,
+                    )),
+                    other => other,
+                })?;
                 let run = self.answer(&run_id, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitTaskResponse {
                     run: Some(run),

@@ -15,10 +15,12 @@ use crate::spec::Plan;
 use crate::store::Submit;
 use crate::template::{self, Ref};
 
+type Compiled = Option<Arc<jsonschema::Validator>>;
+
 /// Compiled input schemas of agent versions, which never change.
 #[derive(Default)]
 pub struct Schemas {
-    compiled: Mutex<HashMap<(String, String), Option<Arc<jsonschema::Validator>>>>,
+    compiled: Mutex<HashMap<(String, String), Compiled>>,
 }
 
 impl Schemas {
@@ -44,20 +46,34 @@ impl Schemas {
     }
 }
 
+/// What a new run is, besides its tasks.
+pub struct RunMeta {
+    pub run_id: String,
+    pub workflow_name: String,
+    pub workflow_revision: i64,
+    pub idempotency_key: Option<String>,
+    pub created_by: String,
+    pub now: i64,
+}
+
 /// Builds the run and its tasks. Tasks without upstream get their input
-/// rendered and checked against the agent's input schema now.
+/// rendered and checked against the agent's input schema now; `prefix`
+/// names the spec in errors.
 pub fn build(
     plan: Plan,
     agents: Vec<Arc<reg::AgentVersion>>,
-    run_id: String,
-    workflow_revision: i64,
-    workflow_name: String,
-    idempotency_key: Option<String>,
-    created_by: String,
-    now: i64,
+    meta: RunMeta,
     schemas: &Schemas,
     prefix: &str,
 ) -> Result<Submit, Error> {
+    let RunMeta {
+        run_id,
+        workflow_name,
+        workflow_revision,
+        idempotency_key,
+        created_by,
+        now,
+    } = meta;
     let ids: Vec<String> = plan
         .tasks
         .iter()

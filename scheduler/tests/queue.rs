@@ -308,7 +308,7 @@ fn pick_lease(m: &Model, pick: usize) -> Option<TaskRow> {
         return None;
     }
     let n = m.leases.len();
-    let i = if pick % 3 == 0 {
+    let i = if pick.is_multiple_of(3) {
         pick % n
     } else {
         n - 1 - (pick / 3) % n.min(4)

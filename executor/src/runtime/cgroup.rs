@@ -31,8 +31,7 @@ impl Roots {
             let dir = PathBuf::from(format!("/sys/fs/cgroup{path}"));
             let controllers =
                 fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-            if !(controllers.contains("memory") && controllers.contains("pids")) || !writable(&dir)
-            {
+            if !(controllers.contains("memory") && controllers.contains("pids") && writable(&dir)) {
                 return None;
             }
             return Some(Self {

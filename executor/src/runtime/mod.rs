@@ -135,7 +135,7 @@ pub async fn run(task: &TaskRun, env: &Env) -> Finished {
     match task.agent.runtime.as_ref().and_then(|r| r.kind.as_ref()) {
         Some(Kind::Builtin(b)) => builtin(&b.name, &task.input),
         Some(Kind::Process(p)) => {
-            let limits = task.agent.limits.clone().unwrap_or_default();
+            let limits = task.agent.limits.unwrap_or_default();
             let spec = process::ProcessSpec {
                 runtime: p,
                 limits: process::Limits::resolve(&limits, &env.defaults, task.start_to_close),
