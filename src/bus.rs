@@ -34,6 +34,12 @@ pub trait EventBus: Send + Sync + 'static {
     async fn publish(&self, batch: &[BusMessage]) -> Result<(), BusError>;
     /// Waits until published messages are delivered, up to `timeout`.
     async fn flush(&self, timeout: Duration);
+    /// Whether messages leave the process. A bus that does not (the
+    /// in-process one) needs no outbox relay: the durable log is the
+    /// database, and publishing after the commit is enough.
+    fn external(&self) -> bool {
+        true
+    }
 }
 
 /// `devcycle up`'s bus: subscribers in the same process.
@@ -66,6 +72,10 @@ impl EventBus for InProcessBus {
     }
 
     async fn flush(&self, _timeout: Duration) {}
+
+    fn external(&self) -> bool {
+        false
+    }
 }
 
 /// Kafka through librdkafka, with the idempotent producer (no duplicates or

@@ -93,9 +93,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `direct`: a bus that needs no outbox (in-process) and its topic;
+    /// committed events are published to it right after each batch.
     pub fn start(
         store: Arc<dyn SchedulerStore>,
         hub: Arc<Hub>,
+        direct: Option<(Arc<dyn devcycle::bus::EventBus>, String)>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -112,6 +115,7 @@ impl Engine {
             db_may_have_ready: true,
             next_due: 0,
             rotation: 0,
+            direct,
             shutdown,
         };
         let task = tokio::spawn(core.run());
@@ -214,6 +218,7 @@ struct Core {
     /// When a timer (lease expiry, retry, deadline) is next due.
     next_due: i64,
     rotation: usize,
+    direct: Option<(Arc<dyn devcycle::bus::EventBus>, String)>,
     shutdown: CancellationToken,
 }
 
@@ -443,7 +448,18 @@ impl Core {
             // Until the sweep reports the real next timer.
             self.next_due = now + MAX_SLEEP.as_millis() as i64;
         }
-        match self.apply(batch).await {
+        let items = batch.submits.len() + batch.ops.len() + batch.logs.len();
+        let started = std::time::Instant::now();
+        tracing::trace!(items, "batch applying");
+        let result = self.apply(batch).await;
+        tracing::trace!(
+            items,
+            us = started.elapsed().as_micros() as u64,
+            "batch applied"
+        );
+        metrics::histogram!("scheduler_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("scheduler_batch_items").record(items as f64);
+        match result {
             Ok(applied) => {
                 self.stored_specs.extend(new_specs);
                 self.dispatch(applied, submit_replies, op_replies).await
@@ -601,7 +617,17 @@ impl Core {
             self.hub.events(run, seq);
         }
         if !a.events.is_empty() {
-            self.hub.outbox.notify_one();
+            match &self.direct {
+                Some((bus, topic)) => {
+                    let messages: Vec<_> = a
+                        .events
+                        .iter()
+                        .map(|e| crate::outbox::message(topic, e))
+                        .collect();
+                    let _ = bus.publish(&messages).await;
+                }
+                None => self.hub.outbox.notify_one(),
+            }
         }
         for f in a.finished {
             self.hub.finished(Arc::new(f));

@@ -134,19 +134,34 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     let addr = opts.listener.local_addr()?;
     let hub = hub::Hub::new();
     let instance = uuid::Uuid::new_v4().simple().to_string();
+    // An outbox and its relay only for a bus that leaves the process.
+    let relayed = opts.bus.external();
+    let topic = outbox::topic(&opts.topic_prefix);
     let (store, pg): (Arc<dyn store::SchedulerStore>, _) = match &opts.db {
         Database::Postgres(pool) => (
-            Arc::new(store::pg::PgStore::new(pool.clone(), instance.clone())),
+            Arc::new(store::pg::PgStore::new(
+                pool.clone(),
+                instance.clone(),
+                relayed,
+            )),
             Some(pool.clone()),
         ),
         Database::Sqlite(pool) => {
             let path = pool.connect_options().get_filename().to_owned();
-            (Arc::new(store::sqlite::SqliteStore::open(path)?), None)
+            (
+                Arc::new(store::sqlite::SqliteStore::open(path, relayed)?),
+                None,
+            )
         }
     };
     let engine_stop = CancellationToken::new();
-    let (engine, engine_task) =
-        engine::Engine::start(Arc::clone(&store), Arc::clone(&hub), engine_stop.clone());
+    let direct = (!relayed).then(|| (Arc::clone(&opts.bus), topic.clone()));
+    let (engine, engine_task) = engine::Engine::start(
+        Arc::clone(&store),
+        Arc::clone(&hub),
+        direct,
+        engine_stop.clone(),
+    );
     if let Some(pool) = &pg {
         store::pg::listen(
             pool.clone(),
@@ -159,16 +174,18 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     let registry =
         devcycle::client::channel(&opts.tls, &opts.registry, opts.tls_service_id("registry"))?;
     let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(
-        outbox::Relay {
-            store: Arc::clone(&store),
-            bus: opts.bus,
-            hub: Arc::clone(&hub),
-            topic: outbox::topic(&opts.topic_prefix),
-            pg,
-        }
-        .run(relay_stop.clone()),
-    );
+    let relay = relayed.then(|| {
+        tokio::spawn(
+            outbox::Relay {
+                store: Arc::clone(&store),
+                bus: Arc::clone(&opts.bus),
+                hub: Arc::clone(&hub),
+                topic,
+                pg,
+            }
+            .run(relay_stop.clone()),
+        )
+    });
     let svc = service::SchedulerService {
         store,
         engine,
@@ -199,7 +216,9 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         engine_stop.cancel();
         let _ = engine_task.await;
         relay_stop.cancel();
-        let _ = relay.await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         db.close().await;
         res
     });

@@ -146,8 +146,12 @@ impl SchedulerService {
             Duration::from_millis(u64::from(wait_ms)).min(MAX_WAIT)
         };
         if let Some(done) = started.done {
+            tracing::trace!("waiting for the run");
             match tokio::time::timeout(limit, done).await {
-                Ok(Ok(f)) => return Ok(wire::run(&f.0, &f.1)),
+                Ok(Ok(f)) => {
+                    tracing::trace!("run ended");
+                    return Ok(wire::run(&f.0, &f.1));
+                }
                 _ => self.engine.hub.forget_waiters(run_id),
             }
         } else if wait {
@@ -368,6 +372,7 @@ impl Scheduler for SchedulerService {
                     workflow_name: String::new(),
                     wait: r.wait,
                 };
+                tracing::trace!("submit_task received");
                 let started = self.start(&caller, start).await.map_err(|e| match e {
                     // The one-task spec's fields are the request's `task.*`.
                     Error::Invalid(f) => Error::Invalid(FieldError::new(

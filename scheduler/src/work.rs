@@ -88,6 +88,7 @@ pub async fn accept(
                     break;
                 }
             };
+            tracing::trace!("work message received");
             match handle(&engine, conn, msg) {
                 Ok(()) => {}
                 Err(status) => {

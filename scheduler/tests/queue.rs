@@ -24,6 +24,7 @@ async fn hundred_claimers_never_share_a_task() {
     let setup: Store = Arc::new(devcycle_scheduler::store::pg::PgStore::new(
         pool.clone(),
         "setup".into(),
+        true,
     ));
     const TASKS: usize = 10_000;
     for chunk in 0..(TASKS / 500) {
@@ -51,6 +52,7 @@ async fn hundred_claimers_never_share_a_task() {
         let store: Store = Arc::new(devcycle_scheduler::store::pg::PgStore::new(
             pool.clone(),
             format!("c{c}"),
+            true,
         ));
         claimers.push(tokio::spawn(async move {
             let mut got = Vec::new();

@@ -16,12 +16,29 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
     let mut m = Machine::new(now);
     let mut out = Applied::default();
 
-    // New runs. Their tasks are claimable right away, in memory.
+    // New runs. Their tasks are claimable right away, in memory. Runs with
+    // an idempotency key are inserted first, to find the key taken; the
+    // others are written once, with everything else, at the end.
     let mut agents = Vec::new();
     if !batch.submits.is_empty() {
-        let runs: Vec<RunRow> = batch.submits.iter().map(|s| s.run.clone()).collect();
-        let taken = tx.insert_runs(&runs).await?;
-        for (s, existing) in batch.submits.into_iter().zip(taken) {
+        let keyed: Vec<RunRow> = batch
+            .submits
+            .iter()
+            .filter(|s| s.run.idempotency_key.is_some())
+            .map(|s| s.run.clone())
+            .collect();
+        let mut taken = if keyed.is_empty() {
+            Vec::new()
+        } else {
+            tx.insert_runs(&keyed).await?
+        }
+        .into_iter();
+        for s in batch.submits {
+            let existing = if s.run.idempotency_key.is_some() {
+                taken.next().flatten()
+            } else {
+                None
+            };
             match existing {
                 Some(id) => out.submitted.push((id, false)),
                 None => {

@@ -20,11 +20,17 @@ pub struct PgStore {
     pool: PgPool,
     /// Tags this process's notifications so its listener can skip them.
     instance: String,
+    /// Events wait for the relay (`published = false`) only with an outbox.
+    outbox: bool,
 }
 
 impl PgStore {
-    pub fn new(pool: PgPool, instance: String) -> Self {
-        Self { pool, instance }
+    pub fn new(pool: PgPool, instance: String, outbox: bool) -> Self {
+        Self {
+            pool,
+            instance,
+            outbox,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -35,6 +41,7 @@ impl PgStore {
 struct PgTx<'a> {
     tx: Transaction<'a, Postgres>,
     instance: &'a str,
+    outbox: bool,
 }
 
 fn task_select(filter: &str) -> String {
@@ -328,7 +335,7 @@ impl TxOps for PgTx<'_> {
             write_tasks(&mut self.tx, tasks).await?;
         }
         if !events.is_empty() {
-            write_events(&mut self.tx, events).await?;
+            write_events(&mut self.tx, events, !self.outbox).await?;
         }
         if !logs.is_empty() {
             sqlx::query(
@@ -476,12 +483,16 @@ async fn write_tasks(tx: &mut Transaction<'_, Postgres>, tasks: &[TaskRow]) -> R
     Ok(())
 }
 
-async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &mut [EventRow]) -> Result<()> {
+async fn write_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &mut [EventRow],
+    published: bool,
+) -> Result<()> {
     let s = |f: fn(&EventRow) -> &str| events.iter().map(f).collect::<Vec<&str>>();
     let rows = sqlx::query(
         "INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, worker_id, message, \
          time, published) \
-         SELECT *, false FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+         SELECT *, $11 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
          $7::int8[], $8::text[], $9::text[], $10::int8[]) RETURNING id, event_id",
     )
     .bind(s(|e| e.event_id.as_str()))
@@ -494,6 +505,7 @@ async fn write_events(tx: &mut Transaction<'_, Postgres>, events: &mut [EventRow
     .bind(s(|e| e.worker_id.as_str()))
     .bind(s(|e| e.message.as_str()))
     .bind(events.iter().map(|e| e.time).collect::<Vec<_>>())
+    .bind(published)
     .fetch_all(&mut **tx)
     .await?;
     let ids: HashMap<String, i64> = rows
@@ -512,6 +524,7 @@ impl SchedulerStore for PgStore {
         let mut tx = PgTx {
             tx: self.pool.begin().await?,
             instance: &self.instance,
+            outbox: self.outbox,
         };
         let applied = apply_batch(&mut tx, batch).await?;
         tx.tx.commit().await?;

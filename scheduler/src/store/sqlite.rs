@@ -1,13 +1,18 @@
-//! The scheduler on SQLite. One thread owns the write connection and runs a
-//! whole batch — every statement of it — per wake-up, so a batch costs one
-//! thread hop however many rows it writes; a second thread serves reads.
-//! WAL with `synchronous=NORMAL` (see docs/design.md for what that keeps).
+//! The scheduler on SQLite. The engine — the only writer — runs each batch
+//! on the write connection itself, synchronously (`block_in_place`): a batch
+//! costs no thread hop however many statements it runs. Reads go to a
+//! reader thread. WAL with `synchronous=NORMAL` (see docs/design.md for what
+//! that keeps); checkpoints run on their own thread so that commits never
+//! pay for them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -63,23 +68,77 @@ fn open(path: &Path) -> Result<Connection> {
 }
 
 pub struct SqliteStore {
-    writer: Worker,
+    writer: Arc<Mutex<Connection>>,
     reader: Worker,
+    /// Events wait for the relay (`published = 0`) only with an outbox.
+    outbox: bool,
+    /// Whether any agent has a rate limit: claims skip the lookup if not.
+    rate_limited: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Moves WAL pages into the database every half second, so that the WAL
+/// stays small and no commit has to.
+fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
+    let conn = open(path)?;
+    std::thread::Builder::new()
+        .name("sched-sqlite-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "sqlite checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| Error::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(())
 }
 
 impl SqliteStore {
-    /// Opens the database file the migrations were applied to.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+    /// Opens the database file the migrations were applied to. With
+    /// `outbox`, events are left for the relay to publish.
+    pub fn open(path: impl Into<PathBuf>, outbox: bool) -> Result<Self> {
         let path = path.into();
+        let writer = open(&path)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let limited: bool =
+            writer.query_row("SELECT EXISTS (SELECT 1 FROM sched_rate_limits)", [], |r| {
+                r.get(0)
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_checkpointer(&path, Arc::clone(&stop))?;
         Ok(Self {
-            writer: Worker::spawn("sched-sqlite-writer", &path)?,
+            writer: Arc::new(Mutex::new(writer)),
             reader: Worker::spawn("sched-sqlite-reader", &path)?,
+            outbox,
+            rate_limited: Arc::new(AtomicBool::new(limited)),
+            stop,
         })
+    }
+
+    /// Runs `f` on the write connection, on this thread: the engine is the
+    /// writer, and a hop to another thread would cost more than the batch.
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let run = || f(&mut self.writer.lock());
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
     }
 }
 
 struct SqliteTx<'c> {
     conn: &'c Connection,
+    outbox: bool,
+    rate_limited: bool,
 }
 
 fn json_list(items: &[String]) -> String {
@@ -306,6 +365,9 @@ impl TxOps for SqliteTx<'_> {
         &mut self,
         agents: &[String],
     ) -> Result<HashMap<String, (RateLimit, f64)>> {
+        if !self.rate_limited {
+            return Ok(HashMap::new());
+        }
         let mut stmt = self.conn.prepare_cached(
             "SELECT per_second, burst, tat FROM sched_rate_limits WHERE agent = ?1",
         )?;
@@ -440,7 +502,7 @@ impl TxOps for SqliteTx<'_> {
         if !events.is_empty() {
             let mut stmt = c.prepare_cached(
                 "INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, worker_id, \
-                 message, time, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)",
+                 message, time, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for e in events.iter_mut() {
                 stmt.execute(params![
@@ -453,7 +515,8 @@ impl TxOps for SqliteTx<'_> {
                     e.attempt,
                     e.worker_id,
                     e.message,
-                    e.time
+                    e.time,
+                    !self.outbox
                 ])?;
                 e.id = c.last_insert_rowid();
             }
@@ -484,32 +547,32 @@ impl TxOps for SqliteTx<'_> {
 #[async_trait]
 impl SchedulerStore for SqliteStore {
     async fn apply(&self, batch: Batch) -> Result<Applied> {
-        self.writer
-            .run(move |conn| {
-                let tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let applied =
-                    futures::executor::block_on(apply_batch(&mut SqliteTx { conn: &tx }, batch))?;
-                tx.commit()?;
-                Ok(applied)
-            })
-            .await
+        let (outbox, rate_limited) = (self.outbox, self.rate_limited.load(Ordering::Relaxed));
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut ops = SqliteTx {
+                conn: &tx,
+                outbox,
+                rate_limited,
+            };
+            let applied = futures::executor::block_on(apply_batch(&mut ops, batch))?;
+            tx.commit()?;
+            Ok(applied)
+        })
     }
 
     async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow> {
         let name = name.to_owned();
-        self.writer
-            .run(move |conn| {
-                let revision: i64 = conn.query_row(
-                    "INSERT INTO sched_workflows (name, revision, spec, create_time) \
-                     SELECT ?1, COALESCE(MAX(revision), 0) + 1, ?2, ?3 FROM sched_workflows WHERE name = ?1 \
-                     RETURNING revision",
-                    params![name, spec, now],
-                    |r| r.get(0),
-                )?;
-                Ok(WorkflowRow { name, revision, spec, create_time: now })
-            })
-            .await
+        self.write(move |conn| {
+            let revision: i64 = conn.query_row(
+                "INSERT INTO sched_workflows (name, revision, spec, create_time) \
+                 SELECT ?1, COALESCE(MAX(revision), 0) + 1, ?2, ?3 FROM sched_workflows WHERE name = ?1 \
+                 RETURNING revision",
+                params![name, spec, now],
+                |r| r.get(0),
+            )?;
+            Ok(WorkflowRow { name, revision, spec, create_time: now })
+        })
     }
 
     async fn get_workflow(&self, name: &str) -> Result<Option<WorkflowRow>> {
@@ -690,19 +753,20 @@ impl SchedulerStore for SqliteStore {
 
     async fn set_rate_limit(&self, agent: &str, limit: Option<RateLimit>) -> Result<()> {
         let agent = agent.to_owned();
-        self.writer
-            .run(move |conn| {
-                match limit {
-                    None => conn.execute("DELETE FROM sched_rate_limits WHERE agent = ?1", [agent])?,
-                    Some(l) => conn.execute(
-                        "INSERT INTO sched_rate_limits (agent, per_second, burst, tat) VALUES (?1, ?2, ?3, 0) \
-                         ON CONFLICT (agent) DO UPDATE SET per_second = excluded.per_second, burst = excluded.burst",
-                        params![agent, l.per_second, l.burst],
-                    )?,
-                };
-                Ok(())
-            })
-            .await
+        let flag = Arc::clone(&self.rate_limited);
+        self.write(move |conn| {
+            match limit {
+                None => conn.execute("DELETE FROM sched_rate_limits WHERE agent = ?1", [agent])?,
+                Some(l) => conn.execute(
+                    "INSERT INTO sched_rate_limits (agent, per_second, burst, tat) VALUES (?1, ?2, ?3, 0) \
+                     ON CONFLICT (agent) DO UPDATE SET per_second = excluded.per_second, burst = excluded.burst",
+                    params![agent, l.per_second, l.burst],
+                )?,
+            };
+            let any: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM sched_rate_limits)", [], |r| r.get(0))?;
+            flag.store(any, Ordering::Relaxed);
+            Ok(())
+        })
     }
 
     async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>> {
@@ -720,20 +784,17 @@ impl SchedulerStore for SqliteStore {
     }
 
     async fn mark_published(&self, ids: &[i64]) -> Result<()> {
-        let ids = ids.to_vec();
-        self.writer
-            .run(move |conn| {
-                let tx = conn.transaction()?;
-                {
-                    let mut stmt =
-                        tx.prepare_cached("UPDATE sched_events SET published = 1 WHERE id = ?1")?;
-                    for id in ids {
-                        stmt.execute([id])?;
-                    }
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE sched_events SET published = 1 WHERE id = ?1")?;
+                for id in ids {
+                    stmt.execute([id])?;
                 }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 }

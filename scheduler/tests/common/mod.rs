@@ -19,7 +19,7 @@ pub async fn sqlite() -> (Store, tempfile::TempDir) {
         unreachable!()
     };
     let path = pool.connect_options().get_filename().to_owned();
-    let store = devcycle_scheduler::store::sqlite::SqliteStore::open(path).unwrap();
+    let store = devcycle_scheduler::store::sqlite::SqliteStore::open(path, true).unwrap();
     (Arc::new(store), dir)
 }
 
@@ -29,8 +29,11 @@ pub async fn postgres() -> (Store, sqlx::PgPool) {
     let Database::Postgres(pool) = db else {
         unreachable!()
     };
-    let store =
-        devcycle_scheduler::store::pg::PgStore::new(pool.clone(), uuid::Uuid::new_v4().to_string());
+    let store = devcycle_scheduler::store::pg::PgStore::new(
+        pool.clone(),
+        uuid::Uuid::new_v4().to_string(),
+        true,
+    );
     (Arc::new(store), pool)
 }
 
