@@ -3,6 +3,8 @@
 //! applied at start-up; on PostgreSQL sqlx holds an advisory lock while it
 //! migrates, so replicas starting together apply each migration once.
 
+mod nodelay;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -64,11 +66,27 @@ impl Database {
     }
 }
 
+/// Every devcycle query reaches rows by key, through an index. The queue
+/// tables go from empty to large in seconds, long before autovacuum first
+/// analyzes them, and without statistics PostgreSQL estimates `= ANY` over a
+/// batch of keys as most of the table and scans it (20 ms per batch at 90k
+/// tasks). So plans are made per execution (`plan_cache_mode =
+/// force_custom_plan`), and sequential scans are the planner's last resort
+/// (`enable_seqscan = off`, which still allows them where no index serves).
+///
+/// Each new connection also turns Nagle's algorithm off ([`nodelay`]).
 async fn connect_postgres(url: &str) -> Result<PgPool, DbError> {
-    let opts = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(DbError::Connect)?
+        .options([
+            ("plan_cache_mode", "force_custom_plan"),
+            ("enable_seqscan", "off"),
+        ]);
+    let server_port = opts.get_port();
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| Box::pin(nodelay::set(conn, server_port)))
         .connect_with(opts)
         .await
         .map_err(DbError::Connect)

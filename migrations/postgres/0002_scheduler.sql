@@ -31,7 +31,7 @@ CREATE TABLE sched_runs (
     last_seq          BIGINT NOT NULL,
     rev               BIGINT NOT NULL
 );
-CREATE INDEX sched_runs_newest ON sched_runs (create_time DESC, id DESC);
+-- Run ids are UUIDv7: ordering by id is ordering by creation time.
 
 CREATE TABLE sched_tasks (
     id                TEXT PRIMARY KEY,

@@ -31,7 +31,7 @@ CREATE TABLE sched_runs (
     last_seq          BIGINT NOT NULL,
     rev               BIGINT NOT NULL
 );
-CREATE INDEX sched_runs_newest ON sched_runs (create_time DESC, id DESC);
+-- Run ids are UUIDv7: ordering by id is ordering by creation time.
 
 CREATE TABLE sched_tasks (
     id                TEXT PRIMARY KEY,
@@ -87,22 +87,24 @@ CREATE TABLE sched_rate_limits (
     tat        REAL NOT NULL
 );
 
--- Events: the transactional outbox and each run's history.
+-- Events: the transactional outbox and each run's history, clustered by
+-- (run, sequence). `id` is the commit order, assigned by the single writer;
+-- only unpublished events are indexed by it.
 CREATE TABLE sched_events (
-    id        INTEGER PRIMARY KEY,
-    event_id  TEXT NOT NULL,
     run_id    TEXT NOT NULL,
-    seq       BIGINT NOT NULL,
+    seq       INTEGER NOT NULL,
+    id        INTEGER NOT NULL,
+    event_id  TEXT NOT NULL,
     kind      TEXT NOT NULL,
     task_id   TEXT NOT NULL,
     task_key  TEXT NOT NULL,
-    attempt   BIGINT NOT NULL,
+    attempt   INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
     message   TEXT NOT NULL,
-    time      BIGINT NOT NULL,
+    time      INTEGER NOT NULL,
     published INTEGER NOT NULL,
-    UNIQUE (run_id, seq)
-);
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
 CREATE INDEX sched_events_outbox ON sched_events (id) WHERE published = 0;
 
 CREATE TABLE sched_task_logs (

@@ -111,6 +111,7 @@ impl Engine {
             specs: HashMap::new(),
             stored_specs: HashSet::new(),
             log_counts: HashMap::new(),
+            lease_runs: HashMap::new(),
             pending: Pending::default(),
             db_may_have_ready: true,
             next_due: 0,
@@ -212,6 +213,8 @@ struct Core {
     /// Agent versions known to be stored: later submits need not write them.
     stored_specs: HashSet<(String, String)>,
     log_counts: HashMap<(String, u32), u32>,
+    /// Runs of the tasks this engine leased, until their results arrive.
+    lease_runs: HashMap<String, String>,
     pending: Pending,
     /// Claimable tasks may be waiting in the database.
     db_may_have_ready: bool,
@@ -431,6 +434,19 @@ impl Core {
             );
         }
         let (ops, op_replies): (Vec<Op>, Vec<ReplyTo>) = pending.ops.into_iter().unzip();
+        let known_runs = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Complete { lease, .. }
+                | Op::Heartbeat { lease }
+                | Op::Release { lease }
+                | Op::Progress { lease, .. } => {
+                    let run = self.lease_runs.get(&lease.task_id)?;
+                    Some((lease.task_id.clone(), run.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         let batch = Batch {
             now,
             submits,
@@ -439,6 +455,7 @@ impl Core {
             claims,
             claim_from_db: self.db_may_have_ready || sweep,
             logs: pending.logs,
+            known_runs,
         };
         if batch.is_empty() {
             self.next_due = self.next_due.max(now + MAX_SLEEP.as_millis() as i64);
@@ -518,7 +535,12 @@ impl Core {
     ) {
         // New leases first: the workers are waiting.
         let mut granted: HashMap<String, u32> = HashMap::new();
+        if self.lease_runs.len() > 100_000 {
+            // Leases that expired without a result: forget them.
+            self.lease_runs.clear();
+        }
         for task in &a.leased {
+            self.lease_runs.insert(task.id.clone(), task.run_id.clone());
             *granted.entry(task.worker_id.clone()).or_default() += 1;
             let Some(conn) = self.by_worker.get(&task.worker_id).copied() else {
                 continue;
@@ -550,6 +572,7 @@ impl Core {
                     let _ = reply.send(Ok(result));
                 }
                 ReplyTo::Result { conn, lease } => {
+                    self.lease_runs.remove(&lease.task_id);
                     let (accepted, reason) = match &result {
                         OpResult::Rejected(r) => (false, r.to_string()),
                         _ => (true, String::new()),

@@ -2,9 +2,9 @@
 //! leases and fencing, retries with backoff, dead letters, and events
 //! through a transactional outbox.
 
-mod engine;
+pub mod engine;
 mod error;
-mod hub;
+pub mod hub;
 pub mod machine;
 pub mod model;
 mod outbox;

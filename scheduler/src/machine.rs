@@ -170,6 +170,14 @@ impl Machine {
             .collect()
     }
 
+    /// Whether a task changed in this batch is claimable now.
+    pub fn any_claimable_in_memory(&self) -> bool {
+        self.dirty_tasks
+            .keys()
+            .map(|id| &self.tasks[id])
+            .any(|t| t.state.is_claimable() && t.ready_at <= self.now)
+    }
+
     /// Tasks changed in this batch that are claimable now, best first:
     /// candidates for handing straight to a waiting worker.
     pub fn claimable_in_memory(&self) -> Vec<String> {
@@ -211,7 +219,8 @@ impl Machine {
         run.last_seq += 1;
         self.events.push(EventRow {
             id: 0,
-            event_id: uuid::Uuid::now_v7().to_string(),
+            // Unique because (run, sequence) is: consumers dedupe by it.
+            event_id: format!("{run_id}/{}", run.last_seq),
             run_id: run_id.to_owned(),
             seq: run.last_seq,
             kind,
@@ -256,7 +265,7 @@ impl Machine {
         }
         t.state = TaskState::Leased;
         t.attempt += 1;
-        t.lease_id = uuid::Uuid::new_v4().simple().to_string();
+        t.lease_id = format!("{:032x}", self.rng.random::<u128>());
         t.worker_id = worker_id.to_owned();
         if t.start_time == 0 {
             t.start_time = now;

@@ -332,8 +332,8 @@ pub struct RunFilter {
     pub workflow: Option<String>,
     pub created_after: Option<i64>,
     pub created_before: Option<i64>,
-    /// Page cursor: runs older than (create_time, id).
-    pub before: Option<(i64, String)>,
+    /// Page cursor: runs created before this one (ids are time-ordered).
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

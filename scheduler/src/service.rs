@@ -417,15 +417,10 @@ impl Scheduler for SchedulerService {
                 let r = req.into_inner();
                 let size = page::page_size(r.page_size)?;
                 let before = page::decode_token(&r.page_token)?
-                    .map(|t| {
-                        t.split_once('/')
-                            .and_then(|(time, id)| Some((time.parse::<i64>().ok()?, id.to_owned())))
-                            .ok_or_else(|| {
-                                FieldError::new(
-                                    "page_token",
-                                    "not a token from a previous response",
-                                )
-                            })
+                    .map(|id| {
+                        uuid::Uuid::parse_str(&id).map(|_| id).map_err(|_| {
+                            FieldError::new("page_token", "not a token from a previous response")
+                        })
                     })
                     .transpose()?;
                 if !r.workflow.is_empty() {
@@ -440,8 +435,7 @@ impl Scheduler for SchedulerService {
                     before,
                 };
                 let mut runs = self.store.list_runs(&filter, size + 1).await?;
-                let next_page_token =
-                    page::finish(&mut runs, size, |r| format!("{}/{}", r.create_time, r.id));
+                let next_page_token = page::finish(&mut runs, size, |r| r.id.clone());
                 Ok(pb::ListRunsResponse {
                     runs: runs.iter().map(|r| wire::run(r, &[])).collect(),
                     next_page_token,

@@ -705,7 +705,7 @@ async fn logs_workflows_and_listing(s: Store) {
         newest.iter().map(|r| r.create_time).collect::<Vec<_>>(),
         [T0 + 4, T0 + 3]
     );
-    let cursor = newest.last().map(|r| (r.create_time, r.id.clone()));
+    let cursor = newest.last().map(|r| r.id.clone());
     let older = s
         .list_runs(
             &RunFilter {

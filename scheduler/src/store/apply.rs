@@ -66,7 +66,19 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                 }
             }
         }
-        run_ids.extend(tx.run_ids_of(&task_ids).await?);
+        let unknown: Vec<String> = task_ids
+            .into_iter()
+            .filter(|t| match batch.known_runs.get(t) {
+                Some(r) => {
+                    run_ids.insert(r.clone());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if !unknown.is_empty() {
+            run_ids.extend(tx.run_ids_of(&unknown).await?);
+        }
         let run_ids: Vec<String> = run_ids.into_iter().filter(|r| !m.has_run(r)).collect();
         if !run_ids.is_empty() {
             for (run, tasks) in tx.load_runs(&run_ids, false).await? {
@@ -140,7 +152,7 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
         .into_iter()
         .filter_map(|id| m.run_snapshot(&id))
         .collect();
-    out.ready_left |= !m.claimable_in_memory().is_empty();
+    out.ready_left |= m.any_claimable_in_memory();
     // Timers this batch set, so the engine wakes for them.
     for t in &tasks {
         let due = match t.state {

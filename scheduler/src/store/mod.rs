@@ -90,6 +90,9 @@ pub struct Batch {
     /// Look for claimable tasks in the database, not only among this batch's.
     pub claim_from_db: bool,
     pub logs: Vec<LogRow>,
+    /// Runs of tasks the engine already knows (task id → run id), so that
+    /// loading them needs no lookup.
+    pub known_runs: HashMap<String, String>,
 }
 
 impl Batch {

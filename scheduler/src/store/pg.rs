@@ -66,7 +66,11 @@ async fn fetch_tasks<'e, E: sqlx::PgExecutor<'e>>(
         .collect()
 }
 
-fn group(runs: Vec<RunRow>, tasks: Vec<TaskRow>) -> Vec<(RunRow, Vec<TaskRow>)> {
+/// Pairs runs with their tasks, each run's tasks in creation (id) order.
+/// Task locks are taken under their runs' locks, so the queries need no
+/// ORDER BY; one there makes the planner walk the whole primary key.
+fn group(runs: Vec<RunRow>, mut tasks: Vec<TaskRow>) -> Vec<(RunRow, Vec<TaskRow>)> {
+    tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let mut by_run: HashMap<String, Vec<TaskRow>> = HashMap::new();
     for t in tasks {
         by_run.entry(t.run_id.clone()).or_default().push(t);
@@ -161,7 +165,7 @@ impl TxOps for PgTx<'_> {
         let locked: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         let tasks = fetch_tasks(
             &mut *self.tx,
-            task_select("WHERE run_id = ANY($1) ORDER BY id FOR UPDATE"),
+            task_select("WHERE run_id = ANY($1) FOR UPDATE"),
             &locked,
         )
         .await?;
@@ -183,7 +187,7 @@ impl TxOps for PgTx<'_> {
         .collect::<Result<_>>()?;
         let locked: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         let tasks: Vec<TaskRow> = sqlx::query_as::<_, TaskRecord>(sqlx::AssertSqlSafe(
-            task_select("WHERE id = ANY($1) AND run_id = ANY($2) ORDER BY id FOR UPDATE"),
+            task_select("WHERE id = ANY($1) AND run_id = ANY($2) FOR UPDATE"),
         ))
         .bind(task_ids)
         .bind(&locked)
@@ -621,18 +625,15 @@ impl SchedulerStore for PgStore {
     }
 
     async fn list_runs(&self, f: &RunFilter, limit: usize) -> Result<Vec<RunRow>> {
-        let (before_time, before_id) = f.before.clone().unwrap_or((i64::MAX, String::new()));
         sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select(
             "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR workflow = $2) AND create_time >= $3 \
-             AND create_time < $4 AND (create_time, id) < ($5, $6) \
-             ORDER BY create_time DESC, id DESC LIMIT $7",
+             AND create_time < $4 AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6",
         )))
         .bind(f.state.map(|s| s.as_str()).unwrap_or(""))
         .bind(f.workflow.as_deref().unwrap_or(""))
         .bind(f.created_after.unwrap_or(i64::MIN))
         .bind(f.created_before.unwrap_or(i64::MAX))
-        .bind(before_time)
-        .bind(before_id)
+        .bind(f.before.as_deref().unwrap_or(""))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?

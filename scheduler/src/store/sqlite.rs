@@ -68,7 +68,8 @@ fn open(path: &Path) -> Result<Connection> {
 }
 
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
+    /// The write connection and the next event id, owned together.
+    writer: Arc<Mutex<(Connection, i64)>>,
     reader: Worker,
     /// Events wait for the relay (`published = 0`) only with an outbox.
     outbox: bool,
@@ -113,10 +114,15 @@ impl SqliteStore {
             writer.query_row("SELECT EXISTS (SELECT 1 FROM sched_rate_limits)", [], |r| {
                 r.get(0)
             })?;
+        let next_event: i64 = writer.query_row(
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM sched_events",
+            [],
+            |r| r.get(0),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(&path, Arc::clone(&stop))?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new((writer, next_event))),
             reader: Worker::spawn("sched-sqlite-reader", &path)?,
             outbox,
             rate_limited: Arc::new(AtomicBool::new(limited)),
@@ -126,12 +132,10 @@ impl SqliteStore {
 
     /// Runs `f` on the write connection, on this thread: the engine is the
     /// writer, and a hop to another thread would cost more than the batch.
-    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let run = || f(&mut self.writer.lock());
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
-        }
+    fn write<T>(&self, f: impl FnOnce(&mut Connection, &mut i64) -> Result<T>) -> Result<T> {
+        let mut w = self.writer.lock();
+        let (conn, next) = &mut *w;
+        f(conn, next)
     }
 }
 
@@ -139,6 +143,8 @@ struct SqliteTx<'c> {
     conn: &'c Connection,
     outbox: bool,
     rate_limited: bool,
+    /// The id the next event gets: the writer's commit order.
+    next_event: &'c mut i64,
 }
 
 fn json_list(items: &[String]) -> String {
@@ -412,29 +418,43 @@ impl TxOps for SqliteTx<'_> {
             }
         }
         if !runs.is_empty() {
-            let mut stmt = c.prepare_cached(
+            let mut upsert = c.prepare_cached(
                 "INSERT INTO sched_runs (id, workflow, workflow_revision, state, inputs, idempotency_key, \
                  created_by, failure_policy, create_time, end_time, last_seq, rev) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, end_time = excluded.end_time, \
                  last_seq = excluded.last_seq, rev = excluded.rev WHERE sched_runs.rev = excluded.rev - 1",
             )?;
+            let mut update = c.prepare_cached(
+                "UPDATE sched_runs SET state = ?2, end_time = ?3, last_seq = ?4, rev = ?5 WHERE id = ?1 AND rev = ?5 - 1",
+            )?;
             for r in runs {
-                let r = RunRecord::from(r);
-                let n = stmt.execute(params![
-                    r.id,
-                    r.workflow,
-                    r.workflow_revision,
-                    r.state,
-                    r.inputs,
-                    r.idempotency_key,
-                    r.created_by,
-                    r.failure_policy,
-                    r.create_time,
-                    r.end_time,
-                    r.last_seq,
-                    r.rev
-                ])?;
+                // Revision 1: new, or inserted early for its idempotency key.
+                let n = if r.rev == 1 {
+                    let r = RunRecord::from(r);
+                    upsert.execute(params![
+                        r.id,
+                        r.workflow,
+                        r.workflow_revision,
+                        r.state,
+                        r.inputs,
+                        r.idempotency_key,
+                        r.created_by,
+                        r.failure_policy,
+                        r.create_time,
+                        r.end_time,
+                        r.last_seq,
+                        r.rev
+                    ])?
+                } else {
+                    update.execute(params![
+                        r.id,
+                        r.state.as_str(),
+                        r.end_time,
+                        r.last_seq,
+                        r.rev
+                    ])?
+                };
                 if n != 1 {
                     return Err(Error::Conflict(format!(
                         "run {} changed concurrently",
@@ -444,53 +464,77 @@ impl TxOps for SqliteTx<'_> {
             }
         }
         if !tasks.is_empty() {
-            let mut stmt = c.prepare_cached(
+            // New tasks (revision 1) are inserted whole; changed ones update
+            // only what a transition can change, if still at the revision read.
+            let mut insert = c.prepare_cached(
                 "INSERT INTO sched_tasks (id, run_id, key, agent, agent_version, state, attempt, priority, input, \
                  output, error, deps_pending, depends_on, dependents, retry, timeouts, concurrency_key, \
                  concurrency_limit, ready_at, lease_id, lease_expires, attempt_deadline, schedule_deadline, \
                  worker_id, create_time, start_time, end_time, rev) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-                 ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt, \
-                 input = excluded.input, output = excluded.output, error = excluded.error, \
-                 deps_pending = excluded.deps_pending, ready_at = excluded.ready_at, lease_id = excluded.lease_id, \
-                 lease_expires = excluded.lease_expires, attempt_deadline = excluded.attempt_deadline, \
-                 schedule_deadline = excluded.schedule_deadline, worker_id = excluded.worker_id, \
-                 start_time = excluded.start_time, end_time = excluded.end_time, rev = excluded.rev \
-                 WHERE sched_tasks.rev = excluded.rev - 1",
+                 ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+            )?;
+            let mut update = c.prepare_cached(
+                "UPDATE sched_tasks SET state = ?2, attempt = ?3, input = ?4, output = ?5, error = ?6, \
+                 deps_pending = ?7, ready_at = ?8, lease_id = ?9, lease_expires = ?10, attempt_deadline = ?11, \
+                 schedule_deadline = ?12, worker_id = ?13, start_time = ?14, end_time = ?15, rev = ?16 \
+                 WHERE id = ?1 AND rev = ?16 - 1",
             )?;
             for t in tasks {
-                let t = TaskRecord::from(t);
-                let n = stmt.execute(params![
-                    t.id,
-                    t.run_id,
-                    t.key,
-                    t.agent,
-                    t.agent_version,
-                    t.state,
-                    t.attempt,
-                    t.priority,
-                    t.input,
-                    t.output,
-                    t.error,
-                    t.deps_pending,
-                    t.depends_on,
-                    t.dependents,
-                    t.retry,
-                    t.timeouts,
-                    t.concurrency_key,
-                    t.concurrency_limit,
-                    t.ready_at,
-                    t.lease_id,
-                    t.lease_expires,
-                    t.attempt_deadline,
-                    t.schedule_deadline,
-                    t.worker_id,
-                    t.create_time,
-                    t.start_time,
-                    t.end_time,
-                    t.rev
-                ])?;
+                let n = if t.rev == 1 {
+                    let t = TaskRecord::from(t);
+                    insert.execute(params![
+                        t.id,
+                        t.run_id,
+                        t.key,
+                        t.agent,
+                        t.agent_version,
+                        t.state,
+                        t.attempt,
+                        t.priority,
+                        t.input,
+                        t.output,
+                        t.error,
+                        t.deps_pending,
+                        t.depends_on,
+                        t.dependents,
+                        t.retry,
+                        t.timeouts,
+                        t.concurrency_key,
+                        t.concurrency_limit,
+                        t.ready_at,
+                        t.lease_id,
+                        t.lease_expires,
+                        t.attempt_deadline,
+                        t.schedule_deadline,
+                        t.worker_id,
+                        t.create_time,
+                        t.start_time,
+                        t.end_time,
+                        t.rev
+                    ])?
+                } else {
+                    update.execute(params![
+                        t.id,
+                        t.state.as_str(),
+                        t.attempt,
+                        t.input,
+                        t.output,
+                        t.error
+                            .as_ref()
+                            .map(|e| serde_json::to_string(e).unwrap_or_default()),
+                        t.deps_pending,
+                        t.ready_at,
+                        t.lease_id,
+                        t.lease_expires,
+                        t.attempt_deadline,
+                        t.schedule_deadline,
+                        t.worker_id,
+                        t.start_time,
+                        t.end_time,
+                        t.rev
+                    ])?
+                };
                 if n != 1 {
                     return Err(Error::Conflict(format!(
                         "task {} changed concurrently",
@@ -502,9 +546,11 @@ impl TxOps for SqliteTx<'_> {
         if !events.is_empty() {
             let mut stmt = c.prepare_cached(
                 "INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, worker_id, \
-                 message, time, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 message, time, published, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for e in events.iter_mut() {
+                e.id = *self.next_event;
+                *self.next_event += 1;
                 stmt.execute(params![
                     e.event_id,
                     e.run_id,
@@ -516,9 +562,9 @@ impl TxOps for SqliteTx<'_> {
                     e.worker_id,
                     e.message,
                     e.time,
-                    !self.outbox
+                    !self.outbox,
+                    e.id
                 ])?;
-                e.id = c.last_insert_rowid();
             }
         }
         if !logs.is_empty() {
@@ -548,22 +594,35 @@ impl TxOps for SqliteTx<'_> {
 impl SchedulerStore for SqliteStore {
     async fn apply(&self, batch: Batch) -> Result<Applied> {
         let (outbox, rate_limited) = (self.outbox, self.rate_limited.load(Ordering::Relaxed));
-        self.write(move |conn| {
+        self.write(move |conn, next_event| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before = *next_event;
             let mut ops = SqliteTx {
                 conn: &tx,
                 outbox,
                 rate_limited,
+                next_event,
             };
-            let applied = futures::executor::block_on(apply_batch(&mut ops, batch))?;
-            tx.commit()?;
+            let applied = futures::executor::block_on(apply_batch(&mut ops, batch));
+            let applied = match applied {
+                Ok(a) => a,
+                Err(e) => {
+                    // Rolled back: its event ids were never used.
+                    *next_event = before;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = tx.commit() {
+                *next_event = before;
+                return Err(e.into());
+            }
             Ok(applied)
         })
     }
 
     async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow> {
         let name = name.to_owned();
-        self.write(move |conn| {
+        self.write(move |conn, _| {
             let revision: i64 = conn.query_row(
                 "INSERT INTO sched_workflows (name, revision, spec, create_time) \
                  SELECT ?1, COALESCE(MAX(revision), 0) + 1, ?2, ?3 FROM sched_workflows WHERE name = ?1 \
@@ -642,11 +701,10 @@ impl SchedulerStore for SqliteStore {
         let f = f.clone();
         self.reader
             .run(move |conn| {
-                let (before_time, before_id) = f.before.clone().unwrap_or((i64::MAX, String::new()));
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {RUN_COLUMNS} FROM sched_runs WHERE (?1 = '' OR state = ?1) AND (?2 = '' OR workflow = ?2) \
-                     AND create_time >= ?3 AND create_time < ?4 AND (create_time, id) < (?5, ?6) \
-                     ORDER BY create_time DESC, id DESC LIMIT ?7"
+                     AND create_time >= ?3 AND create_time < ?4 AND (?5 = '' OR id < ?5) \
+                     ORDER BY id DESC LIMIT ?6"
                 ))?;
                 let recs = stmt
                     .query_map(
@@ -655,8 +713,7 @@ impl SchedulerStore for SqliteStore {
                             f.workflow.as_deref().unwrap_or(""),
                             f.created_after.unwrap_or(i64::MIN),
                             f.created_before.unwrap_or(i64::MAX),
-                            before_time,
-                            before_id,
+                            f.before.as_deref().unwrap_or(""),
                             limit as i64
                         ],
                         run_record,
@@ -754,7 +811,7 @@ impl SchedulerStore for SqliteStore {
     async fn set_rate_limit(&self, agent: &str, limit: Option<RateLimit>) -> Result<()> {
         let agent = agent.to_owned();
         let flag = Arc::clone(&self.rate_limited);
-        self.write(move |conn| {
+        self.write(move |conn, _| {
             match limit {
                 None => conn.execute("DELETE FROM sched_rate_limits WHERE agent = ?1", [agent])?,
                 Some(l) => conn.execute(
@@ -784,11 +841,12 @@ impl SchedulerStore for SqliteStore {
     }
 
     async fn mark_published(&self, ids: &[i64]) -> Result<()> {
-        self.write(|conn| {
+        self.write(|conn, _| {
             let tx = conn.transaction()?;
             {
-                let mut stmt =
-                    tx.prepare_cached("UPDATE sched_events SET published = 1 WHERE id = ?1")?;
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE sched_events SET published = 1 WHERE id = ?1 AND published = 0",
+                )?;
                 for id in ids {
                     stmt.execute([id])?;
                 }

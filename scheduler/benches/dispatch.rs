@@ -1,0 +1,199 @@
+//! The scheduler's own dispatch path, without the network: submit a no-op
+//! task to the engine, lease it to an in-process worker, record its result.
+//! Every change is committed, as in production.
+//!
+//!   cargo bench -p devcycle-scheduler --bench dispatch            # SQLite
+//!   DEVCYCLE_BENCH_DATABASE_URL=postgres://... cargo bench -p devcycle-scheduler --bench dispatch
+//!
+//! Prints throughput (a 20,000-task burst) and latency (2,000 tasks one at a
+//! time, submit to result).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devcycle::db::Database;
+use devcycle::proto::registry::v1 as reg;
+use devcycle::proto::scheduler::v1 as pb;
+use devcycle_scheduler::engine::{Cmd, Engine, WorkerConn};
+use devcycle_scheduler::hub::Hub;
+use devcycle_scheduler::model::*;
+use devcycle_scheduler::store::{SchedulerStore, Submit};
+use tokio_util::sync::CancellationToken;
+
+const BURST: usize = 20_000;
+const SEQUENTIAL: usize = 2_000;
+const SLOTS: u32 = 512;
+
+fn noop_run(now: i64) -> (Submit, String) {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let task = TaskRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        run_id: run_id.clone(),
+        key: "t".into(),
+        agent: "noop".into(),
+        agent_version: "1.0.0".into(),
+        state: TaskState::Ready,
+        attempt: 0,
+        priority: 0,
+        input: "{}".into(),
+        output: None,
+        error: None,
+        deps_pending: 0,
+        depends_on: vec![],
+        dependents: vec![],
+        retry: RetryPolicy::default(),
+        timeouts: Timeouts::default(),
+        concurrency_key: String::new(),
+        concurrency_limit: 0,
+        ready_at: now,
+        lease_id: String::new(),
+        lease_expires: 0,
+        attempt_deadline: 0,
+        schedule_deadline: 0,
+        worker_id: String::new(),
+        create_time: now,
+        start_time: 0,
+        end_time: 0,
+        rev: 0,
+    };
+    let run = RunRow {
+        id: run_id.clone(),
+        workflow: String::new(),
+        workflow_revision: 0,
+        state: RunState::Running,
+        inputs: "{}".into(),
+        idempotency_key: None,
+        created_by: "user/bench".into(),
+        failure_policy: FailurePolicy::FailFast,
+        create_time: now,
+        end_time: 0,
+        last_seq: 0,
+        rev: 0,
+    };
+    let spec = AgentSpecRow {
+        agent: "noop".into(),
+        version: "1.0.0".into(),
+        spec: vec![],
+    };
+    (
+        Submit {
+            run,
+            tasks: vec![task],
+            agents: vec![spec],
+        },
+        run_id,
+    )
+}
+
+/// A worker that answers every assignment at once, as the executor does
+/// for builtin agents.
+fn worker(engine: &Engine) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let conn = engine.new_conn_id();
+    engine
+        .send(Cmd::Connect(WorkerConn {
+            conn,
+            worker_id: "bench".into(),
+            agents: vec![],
+            tx,
+        }))
+        .unwrap();
+    engine.send(Cmd::Credit { conn, n: SLOTS }).unwrap();
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = rx.recv().await {
+            if let Some(pb::work_response::Msg::Assignment(a)) = m.msg {
+                let l = a.lease.unwrap();
+                let lease = Lease {
+                    task_id: l.task_id,
+                    attempt: l.attempt,
+                    lease_id: l.lease_id,
+                };
+                let _ = engine.send(Cmd::Result {
+                    conn,
+                    lease,
+                    outcome: Outcome::Success {
+                        output: "{}".into(),
+                    },
+                });
+                let _ = engine.send(Cmd::Credit { conn, n: 1 });
+            }
+        }
+    });
+}
+
+async fn one(engine: &Engine) -> Duration {
+    let started = Instant::now();
+    let (submit, run_id) = noop_run(devcycle::time::now_ms());
+    let done = engine.hub.wait_for(&run_id);
+    let spec = Arc::new(reg::AgentVersion {
+        agent: "noop".into(),
+        version: "1.0.0".into(),
+        ..Default::default()
+    });
+    engine.submit(submit, vec![spec]).await.unwrap();
+    let finished = done.await.unwrap();
+    assert_eq!(finished.0.state, RunState::Succeeded);
+    started.elapsed()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    devcycle::telemetry::init_logging(devcycle::telemetry::LogFormat::Human, "warn");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = std::env::var("DEVCYCLE_BENCH_DATABASE_URL")
+            .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("bench.db").display()));
+        let db = Database::open(&url).await.unwrap();
+        let store: Arc<dyn SchedulerStore> = match &db {
+            Database::Sqlite(pool) => Arc::new(
+                devcycle_scheduler::store::sqlite::SqliteStore::open(pool.connect_options().get_filename(), false)
+                    .unwrap(),
+            ),
+            Database::Postgres(pool) => {
+                Arc::new(devcycle_scheduler::store::pg::PgStore::new(pool.clone(), "bench".into(), false))
+            }
+        };
+        let (engine, _task) = Engine::start(store, Hub::new(), None, CancellationToken::new());
+        worker(&engine);
+        for _ in 0..200 {
+            one(&engine).await;
+        }
+        let mut lat: Vec<Duration> = Vec::with_capacity(SEQUENTIAL);
+        for _ in 0..SEQUENTIAL {
+            lat.push(one(&engine).await);
+        }
+        lat.sort();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..SLOTS as usize {
+            let engine = engine.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..BURST / SLOTS as usize {
+                    one(&engine).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let n = (BURST / SLOTS as usize) * SLOTS as usize;
+        let took = started.elapsed();
+        println!(
+            "scheduler dispatch ({}): {:.0} tasks/s ({n} in {:.2} s, {SLOTS} in flight); one at a time p50 {:.3} ms p99 {:.3} ms",
+            db.engine(),
+            n as f64 / took.as_secs_f64(),
+            took.as_secs_f64(),
+            ms(lat[lat.len() / 2]),
+            ms(lat[lat.len() * 99 / 100]),
+        );
+    });
+}
