@@ -20,7 +20,7 @@ pub(super) async fn set(conn: &mut PgConnection, server_port: u16) -> Result<(),
     let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
         return Ok(());
     };
-    if !find_and_set(port, server_port) {
+    if with_socket(port, server_port, |s| s.set_tcp_nodelay(true).is_ok()) != Some(true) {
         tracing::warn!(
             port,
             "no socket found for a PostgreSQL connection; large statements may wait on delayed ACKs"
@@ -29,13 +29,17 @@ pub(super) async fn set(conn: &mut PgConnection, server_port: u16) -> Result<(),
     Ok(())
 }
 
+/// Calls `f` on this process's TCP socket from `local_port` to `server_port`.
 #[cfg(unix)]
-fn find_and_set(local_port: u16, server_port: u16) -> bool {
+fn with_socket<T>(
+    local_port: u16,
+    server_port: u16,
+    f: impl FnOnce(socket2::SockRef<'_>) -> T,
+) -> Option<T> {
     use std::os::fd::{BorrowedFd, RawFd};
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd").or_else(|_| std::fs::read_dir("/dev/fd"))
-    else {
-        return false;
-    };
+    let dir = std::fs::read_dir("/proc/self/fd")
+        .or_else(|_| std::fs::read_dir("/dev/fd"))
+        .ok()?;
     let port_of = |a: std::io::Result<socket2::SockAddr>| {
         a.ok().and_then(|a| a.as_socket()).map(|s| s.port())
     };
@@ -53,13 +57,42 @@ fn find_and_set(local_port: u16, server_port: u16) -> bool {
         if port_of(sock.local_addr()) == Some(local_port)
             && port_of(sock.peer_addr()) == Some(server_port)
         {
-            return sock.set_tcp_nodelay(true).is_ok();
+            return Some(f(sock));
         }
     }
-    false
+    None
 }
 
 #[cfg(not(unix))]
-fn find_and_set(_local_port: u16, _server_port: u16) -> bool {
-    false
+fn with_socket<T>(_: u16, _: u16, _: impl FnOnce(socket2::SockRef<'_>) -> T) -> Option<T> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::postgres::PgConnectOptions;
+
+    /// Runs against the test server (scripts/test.sh starts one).
+    #[tokio::test]
+    async fn pooled_connections_do_not_wait_for_delayed_acks() {
+        let url = std::env::var("DEVCYCLE_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = super::super::connect_postgres(&url)
+            .await
+            .expect("PostgreSQL for tests; scripts/test.sh starts one");
+        let server = PgConnectOptions::from_str(&url).unwrap().get_port();
+        for _ in 0..2 {
+            let mut conn = pool.acquire().await.unwrap();
+            let port: Option<i32> = sqlx::query_scalar("SELECT inet_client_port()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let port = u16::try_from(port.expect("a TCP connection")).unwrap();
+            let nodelay = super::with_socket(port, server, |s| s.tcp_nodelay().unwrap());
+            assert_eq!(nodelay, Some(true), "client port {port}");
+            conn.detach();
+        }
+    }
 }

@@ -338,8 +338,13 @@ impl TxOps for PgTx<'_> {
         if !tasks.is_empty() {
             write_tasks(&mut self.tx, tasks).await?;
         }
+        // Replicas and the outbox relay wake on a notification; one rides
+        // with the events' INSERT when there are events.
+        let claimable = tasks.iter().any(|t| t.state.is_claimable());
+        let what = if claimable { "ready" } else { "events" };
+        let notice = format!("{}:{what}", self.instance);
         if !events.is_empty() {
-            write_events(&mut self.tx, events, !self.outbox).await?;
+            write_events(&mut self.tx, events, !self.outbox, &notice).await?;
         }
         if !logs.is_empty() {
             sqlx::query(
@@ -358,12 +363,10 @@ impl TxOps for PgTx<'_> {
             .execute(&mut *self.tx)
             .await?;
         }
-        let claimable = tasks.iter().any(|t| t.state.is_claimable());
-        if claimable || !events.is_empty() {
-            let what = if claimable { "ready" } else { "events" };
+        if claimable && events.is_empty() {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
-                .bind(format!("{}:{what}", self.instance))
+                .bind(notice)
                 .execute(&mut *self.tx)
                 .await?;
         }
@@ -491,13 +494,16 @@ async fn write_events(
     tx: &mut Transaction<'_, Postgres>,
     events: &mut [EventRow],
     published: bool,
+    notice: &str,
 ) -> Result<()> {
     let s = |f: fn(&EventRow) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+    // The notification is an uncorrelated subquery: sent once, at commit.
     let rows = sqlx::query(
-        "INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, worker_id, message, \
-         time, published) \
+        "WITH ins AS (INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, \
+         worker_id, message, time, published) \
          SELECT *, $11 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
-         $7::int8[], $8::text[], $9::text[], $10::int8[]) RETURNING id, event_id",
+         $7::int8[], $8::text[], $9::text[], $10::int8[]) RETURNING id, event_id) \
+         SELECT ins.id, ins.event_id FROM ins, (SELECT pg_notify($12, $13)) AS notified",
     )
     .bind(s(|e| e.event_id.as_str()))
     .bind(s(|e| e.run_id.as_str()))
@@ -510,6 +516,8 @@ async fn write_events(
     .bind(s(|e| e.message.as_str()))
     .bind(events.iter().map(|e| e.time).collect::<Vec<_>>())
     .bind(published)
+    .bind(CHANNEL)
+    .bind(notice)
     .fetch_all(&mut **tx)
     .await?;
     let ids: HashMap<String, i64> = rows
