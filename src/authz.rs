@@ -89,6 +89,17 @@ impl Policy {
         Self { rules }
     }
 
+    /// A policy for one gRPC service: `prefix` (`/pkg.Service/`) joined to
+    /// each method name.
+    pub fn for_service(prefix: &str, entries: &[(&str, &[&str])]) -> Self {
+        let full: Vec<(String, &[&str])> = entries
+            .iter()
+            .map(|(m, p)| (format!("{prefix}{m}"), *p))
+            .collect();
+        let refs: Vec<(&str, &[&str])> = full.iter().map(|(m, p)| (m.as_str(), *p)).collect();
+        Self::new(&refs)
+    }
+
     pub fn has_entry(&self, method: &str) -> bool {
         self.rules.contains_key(method)
     }

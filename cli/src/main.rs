@@ -110,6 +110,32 @@ struct Sources {
     data_dir: Option<PathBuf>,
 }
 
+/// The flags a user gave, as configuration keys.
+fn string_flags<const N: usize>(
+    flags: [(&'static str, Option<String>); N],
+) -> Vec<(&'static str, serde_json::Value)> {
+    flags
+        .into_iter()
+        .filter_map(|(key, v)| v.map(|v| (key, serde_json::Value::from(v))))
+        .collect()
+}
+
+/// What every long-running service command does before serving: load its
+/// configuration, start logging, stop on SIGINT/SIGTERM, serve metrics.
+fn start_service(
+    src: &Sources,
+    flags: Vec<(&str, serde_json::Value)>,
+) -> anyhow::Result<(Config, tokio_util::sync::CancellationToken)> {
+    let config = load_config(src, Config::default(), flags)?;
+    devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    devcycle::server::cancel_on_signals(shutdown.clone());
+    if !config.metrics.listen.is_empty() {
+        devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
+    }
+    Ok((config, shutdown))
+}
+
 fn load_config(
     src: &Sources,
     defaults: Config,
@@ -168,20 +194,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             database_url,
         } => {
-            let mut flags = Vec::new();
-            if let Some(l) = listen {
-                flags.push(("registry.listen", serde_json::Value::from(l)));
-            }
-            if let Some(u) = database_url {
-                flags.push(("registry.database_url", serde_json::Value::from(u)));
-            }
-            let config = load_config(&src, Config::default(), flags)?;
-            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            devcycle::server::cancel_on_signals(shutdown.clone());
-            if !config.metrics.listen.is_empty() {
-                devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
-            }
+            let flags = string_flags([
+                ("registry.listen", listen),
+                ("registry.database_url", database_url),
+            ]);
+            let (config, shutdown) = start_service(&src, flags)?;
             devcycle_registry::serve(&config, shutdown).await
         }
         Command::Scheduler {
@@ -190,24 +207,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registry,
             kafka_brokers,
         } => {
-            let mut flags = Vec::new();
-            for (key, value) in [
+            let flags = string_flags([
                 ("scheduler.listen", listen),
                 ("scheduler.database_url", database_url),
                 ("scheduler.registry", registry),
                 ("kafka.brokers", kafka_brokers),
-            ] {
-                if let Some(v) = value {
-                    flags.push((key, serde_json::Value::from(v)));
-                }
-            }
-            let config = load_config(&src, Config::default(), flags)?;
-            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            devcycle::server::cancel_on_signals(shutdown.clone());
-            if !config.metrics.listen.is_empty() {
-                devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
-            }
+            ]);
+            let (config, shutdown) = start_service(&src, flags)?;
             devcycle_scheduler::serve(&config, shutdown).await
         }
         Command::Executor {
@@ -217,27 +223,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registry,
             slots,
         } => {
-            let mut flags = Vec::new();
-            for (key, value) in [
+            let mut flags = string_flags([
                 ("executor.listen", listen),
                 ("executor.worker_id", worker_id),
                 ("executor.scheduler", scheduler),
                 ("executor.registry", registry),
-            ] {
-                if let Some(v) = value {
-                    flags.push((key, serde_json::Value::from(v)));
-                }
-            }
+            ]);
             if let Some(n) = slots {
                 flags.push(("executor.slots", serde_json::Value::from(n)));
             }
-            let config = load_config(&src, Config::default(), flags)?;
-            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            devcycle::server::cancel_on_signals(shutdown.clone());
-            if !config.metrics.listen.is_empty() {
-                devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
-            }
+            let (config, shutdown) = start_service(&src, flags)?;
             devcycle_executor::serve(&config, shutdown).await
         }
         Command::Workflow(cmd) => {

@@ -32,18 +32,16 @@ const M: &str = "/devcycle.executor.v1.Executor/";
 pub fn policy() -> Policy {
     const READ: &[&str] = &["*"];
     const ACT: &[&str] = &["user/*", "svc/gateway", "svc/scheduler"];
-    let entries: Vec<(String, &[&str])> = [
-        ("GetStatus", READ),
-        ("ListRunningTasks", READ),
-        ("CancelTask", ACT),
-        ("StreamTaskLogs", ACT),
-        ("Drain", ACT),
-    ]
-    .into_iter()
-    .map(|(m, p)| (format!("{M}{m}"), p))
-    .collect();
-    let refs: Vec<(&str, &[&str])> = entries.iter().map(|(m, p)| (m.as_str(), *p)).collect();
-    Policy::new(&refs)
+    Policy::for_service(
+        M,
+        &[
+            ("GetStatus", READ),
+            ("ListRunningTasks", READ),
+            ("CancelTask", ACT),
+            ("StreamTaskLogs", ACT),
+            ("Drain", ACT),
+        ],
+    )
 }
 
 pub struct Options {

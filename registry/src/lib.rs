@@ -38,31 +38,29 @@ pub fn policy() -> Policy {
     const WRITE: &[&str] = &["user/*", "svc/gateway"];
     const WORKER: &[&str] = &["worker/*"];
     const WORKER_OR_ADMIN: &[&str] = &["worker/*", "user/*", "svc/gateway"];
-    let entries: Vec<(String, &[&str])> = [
-        ("CreateAgent", WRITE),
-        ("GetAgent", READ),
-        ("ListAgents", READ),
-        ("UpdateAgent", WRITE),
-        ("DeleteAgent", WRITE),
-        ("PublishVersion", WRITE),
-        ("GetVersion", READ),
-        ("ListVersions", READ),
-        ("Deploy", WRITE),
-        ("Rollback", WRITE),
-        ("ListDeployments", READ),
-        ("CheckCompatibility", READ),
-        ("FindAgents", READ),
-        ("RegisterWorker", WORKER),
-        ("WorkerHeartbeat", WORKER),
-        ("DeregisterWorker", WORKER_OR_ADMIN),
-        ("ListWorkers", READ),
-        ("Watch", READ),
-    ]
-    .into_iter()
-    .map(|(m, p)| (format!("{M}{m}"), p))
-    .collect();
-    let refs: Vec<(&str, &[&str])> = entries.iter().map(|(m, p)| (m.as_str(), *p)).collect();
-    Policy::new(&refs)
+    Policy::for_service(
+        M,
+        &[
+            ("CreateAgent", WRITE),
+            ("GetAgent", READ),
+            ("ListAgents", READ),
+            ("UpdateAgent", WRITE),
+            ("DeleteAgent", WRITE),
+            ("PublishVersion", WRITE),
+            ("GetVersion", READ),
+            ("ListVersions", READ),
+            ("Deploy", WRITE),
+            ("Rollback", WRITE),
+            ("ListDeployments", READ),
+            ("CheckCompatibility", READ),
+            ("FindAgents", READ),
+            ("RegisterWorker", WORKER),
+            ("WorkerHeartbeat", WORKER),
+            ("DeregisterWorker", WORKER_OR_ADMIN),
+            ("ListWorkers", READ),
+            ("Watch", READ),
+        ],
+    )
 }
 
 /// Everything the registry needs to run; `from_config` builds it for

@@ -49,30 +49,28 @@ pub fn policy() -> Policy {
     const READ: &[&str] = &["*"];
     const WRITE: &[&str] = &["user/*", "svc/gateway"];
     const WORKER: &[&str] = &["worker/*"];
-    let entries: Vec<(String, &[&str])> = [
-        ("PutWorkflow", WRITE),
-        ("GetWorkflow", READ),
-        ("ListWorkflows", READ),
-        ("SubmitRun", WRITE),
-        ("SubmitTask", WRITE),
-        ("GetRun", READ),
-        ("ListRuns", READ),
-        ("CancelRun", WRITE),
-        ("WatchRun", READ),
-        ("GetTask", READ),
-        ("ListTasks", READ),
-        ("RetryTask", WRITE),
-        ("GetTaskLogs", READ),
-        ("ListDeadLetters", READ),
-        ("RequeueDeadLetter", WRITE),
-        ("SetAgentRateLimit", WRITE),
-        ("Work", WORKER),
-    ]
-    .into_iter()
-    .map(|(m, p)| (format!("{M}{m}"), p))
-    .collect();
-    let refs: Vec<(&str, &[&str])> = entries.iter().map(|(m, p)| (m.as_str(), *p)).collect();
-    Policy::new(&refs)
+    Policy::for_service(
+        M,
+        &[
+            ("PutWorkflow", WRITE),
+            ("GetWorkflow", READ),
+            ("ListWorkflows", READ),
+            ("SubmitRun", WRITE),
+            ("SubmitTask", WRITE),
+            ("GetRun", READ),
+            ("ListRuns", READ),
+            ("CancelRun", WRITE),
+            ("WatchRun", READ),
+            ("GetTask", READ),
+            ("ListTasks", READ),
+            ("RetryTask", WRITE),
+            ("GetTaskLogs", READ),
+            ("ListDeadLetters", READ),
+            ("RequeueDeadLetter", WRITE),
+            ("SetAgentRateLimit", WRITE),
+            ("Work", WORKER),
+        ],
+    )
 }
 
 /// Everything the scheduler needs to run.

@@ -186,6 +186,20 @@ impl SchedulerService {
             _ => Ok(()),
         }
     }
+
+    /// Gives task `id` a fresh attempt budget; answers with the task after.
+    async fn retry(&self, id: String) -> Result<pb::Task> {
+        self.op(Op::Retry {
+            task_id: id.clone(),
+        })
+        .await?;
+        let t = self
+            .store
+            .get_task(&id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
+        Ok(wire::task(&t))
+    }
 }
 
 /// A run that was started or found.
@@ -559,17 +573,8 @@ impl Scheduler for SchedulerService {
             async {
                 let id = req.into_inner().task_id;
                 check_id("task_id", &id)?;
-                self.op(Op::Retry {
-                    task_id: id.clone(),
-                })
-                .await?;
-                let t = self
-                    .store
-                    .get_task(&id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
                 Ok(pb::RetryTaskResponse {
-                    task: Some(wire::task(&t)),
+                    task: Some(self.retry(id).await?),
                 })
             }
             .await,
@@ -660,17 +665,8 @@ impl Scheduler for SchedulerService {
                         t.state.as_str()
                     )));
                 }
-                self.op(Op::Retry {
-                    task_id: id.clone(),
-                })
-                .await?;
-                let t = self
-                    .store
-                    .get_task(&id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))?;
                 Ok(pb::RequeueDeadLetterResponse {
-                    task: Some(wire::task(&t)),
+                    task: Some(self.retry(id).await?),
                 })
             }
             .await,
