@@ -43,6 +43,8 @@ fn caps() -> Capabilities {
 
 struct Agent {
     script: String,
+    /// A program in the agent directory to run instead of `sh -c script`.
+    program: Option<String>,
     network: bool,
     isolation: bool,
     limits: reg::ResourceLimits,
@@ -51,6 +53,7 @@ struct Agent {
 fn sh(script: &str) -> Agent {
     Agent {
         script: script.into(),
+        program: None,
         network: false,
         isolation: false,
         limits: reg::ResourceLimits::default(),
@@ -68,8 +71,12 @@ async fn run_with(
         version: "1.0.0".into(),
         runtime: Some(reg::Runtime {
             kind: Some(reg::runtime::Kind::Process(reg::ProcessRuntime {
-                command: "/bin/sh".into(),
-                args: vec!["-c".into(), agent.script],
+                command: agent.program.unwrap_or_else(|| "/bin/sh".into()),
+                args: if agent.script.is_empty() {
+                    vec![]
+                } else {
+                    vec!["-c".into(), agent.script]
+                },
                 network_allowed: agent.network,
                 require_isolation: agent.isolation,
                 ..Default::default()
@@ -264,4 +271,40 @@ async fn isolation_that_cannot_be_provided_is_refused() {
         "{}",
         r.enforcement.notes
     );
+}
+
+/// The private /tmp must not hide an agent directory or a read-only path
+/// that lives under /tmp (a checkout there, a data directory there).
+#[tokio::test]
+async fn agent_files_under_tmp_stay_visible_in_the_sandbox() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mut env = env(dir.path(), caps());
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("note.txt"), "from the host").unwrap();
+    env.read_only = vec![shared.clone()];
+    let bin = env.agent_dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let program = bin.join("probe.sh");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\nprintf '{{\"note\": \"%s\"}}' \"$(cat {}/note.txt)\"\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let agent = Agent {
+        script: String::new(),
+        program: Some("bin/probe.sh".into()),
+        ..sh("")
+    };
+    let (done, logs) = run(agent, &env).await;
+    let out = done.outcome.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["note"], "from the host");
+    assert!(done.enforcement.namespaces, "ran without bubblewrap");
 }

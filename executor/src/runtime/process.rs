@@ -289,6 +289,9 @@ async fn run_in(
             for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"] {
                 cmd.args(["--ro-bind-try", dir, dir]);
             }
+            // Mounts apply in order: the private /tmp first, so that an
+            // agent directory or read-only path under /tmp stays visible.
+            cmd.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
             let agent_dir = spec.agent_dir.to_string_lossy();
             if spec.agent_dir.is_dir() {
                 cmd.args(["--ro-bind", &agent_dir, &agent_dir]);
@@ -296,7 +299,6 @@ async fn run_in(
             for dir in spec.read_only {
                 cmd.arg("--ro-bind-try").arg(dir).arg(dir);
             }
-            cmd.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
             cmd.arg("--bind").arg(workspace).arg("/workspace");
             cmd.args(["--chdir", "/workspace", "--"]);
             notes.push(format!(
