@@ -119,7 +119,9 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePool, DbError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     UniqueViolation,
-    ForeignKeyViolation,
+    /// Text the engine cannot store: PostgreSQL refuses NUL bytes in `text`.
+    /// The caller's input, so INVALID_ARGUMENT.
+    InvalidText,
     /// Busy, pool exhausted, connection lost: worth retrying later.
     Unavailable,
     Other,
@@ -129,7 +131,8 @@ pub fn classify(e: &sqlx::Error) -> Failure {
     match e {
         sqlx::Error::Database(db) => match db.kind() {
             sqlx::error::ErrorKind::UniqueViolation => Failure::UniqueViolation,
-            sqlx::error::ErrorKind::ForeignKeyViolation => Failure::ForeignKeyViolation,
+            // character_not_in_repertoire, untranslatable_character
+            _ if matches!(db.code().as_deref(), Some("22021" | "22P05")) => Failure::InvalidText,
             _ if db.code().as_deref() == Some("5") || db.code().as_deref() == Some("6") => {
                 Failure::Unavailable // SQLITE_BUSY, SQLITE_LOCKED
             }

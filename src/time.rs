@@ -16,9 +16,16 @@ pub fn to_timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Converts a wire timestamp; `None` stays `None`.
+/// Converts a wire timestamp; `None` when absent, when `nanos` is outside
+/// `0..1e9`, or when the instant does not fit in milliseconds.
 pub fn from_timestamp(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
-    ts.map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+    let t = ts?;
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds
+        .checked_mul(1000)?
+        .checked_add(i64::from(t.nanos / 1_000_000))
 }
 
 #[cfg(test)]
@@ -30,5 +37,15 @@ mod tests {
         for ms in [0, 1, 999, 1000, 1_700_000_000_123, -1, -1001] {
             assert_eq!(from_timestamp(Some(&to_timestamp(ms))), Some(ms));
         }
+    }
+
+    #[test]
+    fn out_of_range_is_none() {
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(from_timestamp(Some(&ts(i64::MAX, 0))), None);
+        assert_eq!(from_timestamp(Some(&ts(i64::MIN, 0))), None);
+        assert_eq!(from_timestamp(Some(&ts(1, -1))), None);
+        assert_eq!(from_timestamp(Some(&ts(1, 1_000_000_000))), None);
+        assert_eq!(from_timestamp(None), None);
     }
 }

@@ -43,6 +43,23 @@ pub fn dns_label(field: &str, value: &str) -> Result {
     }
 }
 
+/// An optional wire timestamp as milliseconds; one that is present but out
+/// of range is the caller's mistake.
+pub fn timestamp(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> std::result::Result<Option<i64>, FieldError> {
+    match ts {
+        None => Ok(None),
+        Some(_) => crate::time::from_timestamp(ts).map(Some).ok_or_else(|| {
+            FieldError::new(
+                field,
+                "out of range (nanos must be 0..1e9, seconds within ±292 million years)",
+            )
+        }),
+    }
+}
+
 pub fn required(field: &str, value: &str) -> Result {
     if value.is_empty() {
         Err(FieldError::new(field, "is required"))
@@ -51,7 +68,12 @@ pub fn required(field: &str, value: &str) -> Result {
     }
 }
 
+/// A text field: at most `max` bytes and no NUL byte (PostgreSQL cannot
+/// store one in `text`).
 pub fn max_bytes(field: &str, value: &str, max: usize) -> Result {
+    if value.contains('\0') {
+        return Err(FieldError::new(field, "must not contain NUL bytes"));
+    }
     if value.len() > max {
         Err(FieldError::new(
             field,
@@ -122,6 +144,20 @@ mod tests {
             let e = dns_label("agent.name", bad).unwrap_err();
             assert_eq!(e.field, "agent.name");
         }
+    }
+
+    #[test]
+    fn text_has_no_nul_and_a_bound() {
+        assert!(max_bytes("reason", "fine", 8).is_ok());
+        let e = max_bytes("reason", "a\0b", 8).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("reason", "must not contain NUL bytes")
+        );
+        assert_eq!(
+            max_bytes("reason", "too long", 4).unwrap_err().field,
+            "reason"
+        );
     }
 
     #[test]

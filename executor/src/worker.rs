@@ -241,7 +241,6 @@ impl Worker {
     }
 
     fn assign(&self, a: pb::Assignment) {
-        tracing::trace!("assignment received");
         let st = &self.state;
         let Some(lease) = a.lease.clone() else { return };
         if st.draining.load(Ordering::Relaxed) || st.free() == 0 {

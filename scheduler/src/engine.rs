@@ -467,13 +467,7 @@ impl Core {
         }
         let items = batch.submits.len() + batch.ops.len() + batch.logs.len();
         let started = std::time::Instant::now();
-        tracing::trace!(items, "batch applying");
         let result = self.apply(batch).await;
-        tracing::trace!(
-            items,
-            us = started.elapsed().as_micros() as u64,
-            "batch applied"
-        );
         metrics::histogram!("scheduler_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("scheduler_batch_items").record(items as f64);
         match result {
@@ -512,7 +506,7 @@ impl Core {
         let mut tries = 0;
         loop {
             tries += 1;
-            let attempt = if tries < 4 {
+            let attempt = if tries < 4 && self.store.concurrent_writers() {
                 batch.clone()
             } else {
                 return self.store.apply(batch).await;

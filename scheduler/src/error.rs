@@ -36,6 +36,11 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match classify(&e) {
             Failure::Unavailable => Error::Unavailable(format!("database unavailable: {e}")),
+            // No field is known this deep; the reason is what to fix.
+            Failure::InvalidText => Error::Invalid(FieldError::new(
+                "request",
+                "text fields must not contain NUL bytes",
+            )),
             _ => Error::Database(e),
         }
     }

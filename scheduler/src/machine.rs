@@ -67,8 +67,6 @@ pub struct Machine {
     pub cancels: Vec<CancelNotice>,
     /// Runs that reached a terminal state in this batch.
     pub finished: Vec<String>,
-    /// Some task became claimable: other schedulers may want to know.
-    pub ready_new: bool,
 }
 
 impl Machine {
@@ -88,7 +86,6 @@ impl Machine {
             events: Vec::new(),
             cancels: Vec::new(),
             finished: Vec::new(),
-            ready_new: false,
         }
     }
 
@@ -140,12 +137,6 @@ impl Machine {
             self.dirty_tasks.insert(id, 0);
         }
         self.emit(&run_id, EventKind::RunStarted, None, String::new());
-        if self.by_run[&run_id]
-            .iter()
-            .any(|id| self.tasks[id].state.is_claimable())
-        {
-            self.ready_new = true;
-        }
     }
 
     /// Every changed run, with its revision bumped.
@@ -350,7 +341,6 @@ impl Machine {
         t.ready_at = now;
         let run_id = t.run_id.clone();
         self.touch_task(&lease.task_id);
-        self.ready_new = true;
         self.emit(
             &run_id,
             EventKind::TaskReady,
@@ -548,7 +538,6 @@ impl Machine {
         t.schedule_deadline = deadline(now, t.timeouts.schedule_to_start_ms);
         let run_id = t.run_id.clone();
         self.touch_task(id);
-        self.ready_new = true;
         self.emit(&run_id, EventKind::TaskRequeued, Some(id), String::new());
     }
 
@@ -692,7 +681,6 @@ impl Machine {
                 t.ready_at = now;
                 t.schedule_deadline = deadline(now, t.timeouts.schedule_to_start_ms);
                 self.touch_task(id);
-                self.ready_new = true;
                 self.emit(&run_id, EventKind::TaskReady, Some(id), String::new());
             }
             Err(message) => self.kill(

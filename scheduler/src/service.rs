@@ -9,7 +9,7 @@ use devcycle::page;
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::proto::scheduler::v1::scheduler_server::Scheduler;
-use devcycle::time::{from_timestamp, now_ms};
+use devcycle::time::now_ms;
 use devcycle::validate::{self, FieldError};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -120,10 +120,22 @@ impl SchedulerService {
                 .map_err(status_error),
             Err(e) => Err(e),
         };
-        let (id, created) = submitted.inspect_err(|_| self.engine.hub.forget_waiters(&run_id))?;
+        // A run that was not created has no end to wait for: close the
+        // receiver first, so that forgetting it removes the entry.
+        let forget = |done: Option<_>| {
+            drop(done);
+            self.engine.hub.forget_waiters(&run_id);
+        };
+        let (id, created) = match submitted {
+            Ok(v) => v,
+            Err(e) => {
+                forget(done);
+                return Err(e);
+            }
+        };
         if !created {
             // The key was taken meanwhile: the run is another one.
-            self.engine.hub.forget_waiters(&run_id);
+            forget(done);
             return Ok(Started {
                 run_id: id,
                 created,
@@ -146,10 +158,8 @@ impl SchedulerService {
             Duration::from_millis(u64::from(wait_ms)).min(MAX_WAIT)
         };
         if let Some(done) = started.done {
-            tracing::trace!("waiting for the run");
             match tokio::time::timeout(limit, done).await {
                 Ok(Ok(f)) => {
-                    tracing::trace!("run ended");
                     return Ok(wire::run(&f.0, &f.1));
                 }
                 _ => self.engine.hub.forget_waiters(run_id),
@@ -386,7 +396,6 @@ impl Scheduler for SchedulerService {
                     workflow_name: String::new(),
                     wait: r.wait,
                 };
-                tracing::trace!("submit_task received");
                 let started = self.start(&caller, start).await.map_err(|e| match e {
                     // The one-task spec's fields are the request's `task.*`.
                     Error::Invalid(f) => Error::Invalid(FieldError::new(
@@ -444,8 +453,11 @@ impl Scheduler for SchedulerService {
                     state: wire::run_state_from(r.state)
                         .ok_or_else(|| FieldError::new("state", "unknown run state"))?,
                     workflow: (!r.workflow.is_empty()).then_some(r.workflow),
-                    created_after: from_timestamp(r.created_after.as_ref()),
-                    created_before: from_timestamp(r.created_before.as_ref()),
+                    created_after: validate::timestamp("created_after", r.created_after.as_ref())?,
+                    created_before: validate::timestamp(
+                        "created_before",
+                        r.created_before.as_ref(),
+                    )?,
                     before,
                 };
                 let mut runs = self.store.list_runs(&filter, size + 1).await?;

@@ -88,7 +88,6 @@ pub async fn accept(
                     break;
                 }
             };
-            tracing::trace!("work message received");
             match handle(&engine, conn, msg) {
                 Ok(()) => {}
                 Err(status) => {
@@ -109,6 +108,12 @@ fn lease(field: &str, l: Option<pb::LeaseRef>) -> Result<Lease, Status> {
         return Err(Status::invalid_argument(format!(
             "{field}: task_id, attempt and lease_id are required"
         )));
+    }
+    // Ids are ours (UUIDs); anything longer or with a NUL cannot name a
+    // lease, and must not reach a batch where the database would refuse it.
+    for (name, v) in [("task_id", &l.task_id), ("lease_id", &l.lease_id)] {
+        validate::max_bytes(&format!("{field}.{name}"), v, 64)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
     Ok(Lease {
         task_id: l.task_id,
@@ -138,7 +143,7 @@ fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<(), Status
         Some(Msg::Progress(p)) => Cmd::Progress {
             lease: lease("progress.lease", p.lease)?,
             percent: p.percent,
-            message: p.message,
+            message: truncate(p.message, 1024),
         },
         Some(Msg::Logs(l)) => Cmd::Logs {
             lease: lease("logs.lease", l.lease)?,
@@ -190,7 +195,12 @@ fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<(), Status
     engine.send(cmd)
 }
 
+/// Free text from a worker, made storable: at most `max` bytes, NUL bytes
+/// replaced (one in a batch would make PostgreSQL refuse the whole batch).
 fn truncate(mut s: String, max: usize) -> String {
+    if s.contains('\0') {
+        s = s.replace('\0', "\u{FFFD}");
+    }
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {
@@ -199,4 +209,13 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_text_is_bounded_and_storable() {
+        assert_eq!(super::truncate("a\0b".into(), 16), "a\u{FFFD}b");
+        assert_eq!(super::truncate("héllo".into(), 2), "h");
+    }
 }

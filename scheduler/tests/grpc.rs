@@ -146,6 +146,29 @@ async fn bad_input_is_named() {
         "page_token",
     );
     expect_err(
+        c.list_runs(pb::ListRunsRequest {
+            created_after: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "created_after",
+    );
+    // A NUL byte would make PostgreSQL refuse a whole batch: refused alone.
+    expect_err(
+        c.submit_task(pb::SubmitTaskRequest {
+            task: Some(task("t", "noop", &[], "")),
+            idempotency_key: "k\0".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    expect_err(
         c.submit_task(pb::SubmitTaskRequest {
             task: Some(task("t", "ghost", &[], "")),
             ..Default::default()

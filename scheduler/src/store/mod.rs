@@ -178,6 +178,13 @@ pub trait TxOps {
 pub trait SchedulerStore: Send + Sync + 'static {
     async fn apply(&self, batch: Batch) -> Result<Applied>;
 
+    /// Whether `apply` can lose a race to another writer (and be worth
+    /// retrying). A store with a single writer never does, so the engine
+    /// need not keep a copy of each batch for a retry.
+    fn concurrent_writers(&self) -> bool {
+        true
+    }
+
     async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow>;
     async fn get_workflow(&self, name: &str) -> Result<Option<WorkflowRow>>;
     /// Latest revision of each workflow, by name, names above `after`.

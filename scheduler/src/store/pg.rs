@@ -32,10 +32,6 @@ impl PgStore {
             outbox,
         }
     }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 struct PgTx<'a> {
@@ -416,14 +412,19 @@ async fn write_runs(tx: &mut Transaction<'_, Postgres>, runs: &[RunRow]) -> Resu
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if n as usize != runs.len() {
-        return Err(Error::Conflict(format!(
-            "{} of {} runs changed concurrently",
-            runs.len() - n as usize,
-            runs.len()
-        )));
+    all_written(n, runs.len(), "runs")
+}
+
+/// Each row is a compare-and-set on its revision: a row not written was
+/// changed by someone else since it was read.
+fn all_written(n: u64, want: usize, what: &str) -> Result<()> {
+    match want.checked_sub(n as usize) {
+        Some(0) => Ok(()),
+        _ => Err(Error::Conflict(format!(
+            "{} of {want} {what} changed concurrently",
+            want.saturating_sub(n as usize)
+        ))),
     }
-    Ok(())
 }
 
 async fn write_tasks(tx: &mut Transaction<'_, Postgres>, tasks: &[TaskRow]) -> Result<()> {
@@ -480,14 +481,7 @@ async fn write_tasks(tx: &mut Transaction<'_, Postgres>, tasks: &[TaskRow]) -> R
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if n as usize != tasks.len() {
-        return Err(Error::Conflict(format!(
-            "{} of {} tasks changed concurrently",
-            tasks.len() - n as usize,
-            tasks.len()
-        )));
-    }
-    Ok(())
+    all_written(n, tasks.len(), "tasks")
 }
 
 async fn write_events(
@@ -780,19 +774,21 @@ pub fn listen(
 ) {
     tokio::spawn(async move {
         loop {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = match listener.await {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, "scheduler listener cannot connect; retrying");
+                    tracing::warn!(error = %e, "scheduler listener cannot listen; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
                     }
                 }
             };
-            if listener.listen(CHANNEL).await.is_err() {
-                continue;
-            }
             // Anything committed while we were not listening.
             let _ = engine.send(crate::engine::Cmd::RemoteReady);
             hub.remote_change();

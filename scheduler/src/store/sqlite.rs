@@ -1,7 +1,9 @@
-//! The scheduler on SQLite. The engine — the only writer — runs each batch
-//! on the write connection itself, synchronously (`block_in_place`): a batch
-//! costs no thread hop however many statements it runs. Reads go to a
-//! reader thread. WAL with `synchronous=NORMAL` (see docs/design.md for what
+//! The scheduler on SQLite. The engine — the writer on the hot path — runs
+//! each batch on the write connection itself, on its own thread: a batch
+//! costs no thread hop however many statements it runs. Rare writes from
+//! elsewhere (workflow definitions, rate limits, the outbox relay) take the
+//! same connection through `block_in_place`, so that waiting for a batch to
+//! finish does not stall their runtime thread. Reads go to a reader thread. WAL with `synchronous=NORMAL` (see docs/design.md for what
 //! that keeps); checkpoints run on their own thread so that commits never
 //! pay for them.
 
@@ -136,6 +138,17 @@ impl SqliteStore {
         let mut w = self.writer.lock();
         let (conn, next) = &mut *w;
         f(conn, next)
+    }
+
+    /// [`Self::write`] for callers other than the engine: they may wait for
+    /// the engine's batch, and must not hold a runtime thread while they do.
+    fn write_aside<T>(&self, f: impl FnOnce(&mut Connection, &mut i64) -> Result<T>) -> Result<T> {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.write(f))
+            }
+            _ => self.write(f),
+        }
     }
 }
 
@@ -592,6 +605,10 @@ impl TxOps for SqliteTx<'_> {
 
 #[async_trait]
 impl SchedulerStore for SqliteStore {
+    fn concurrent_writers(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, batch: Batch) -> Result<Applied> {
         let (outbox, rate_limited) = (self.outbox, self.rate_limited.load(Ordering::Relaxed));
         self.write(move |conn, next_event| {
@@ -622,7 +639,7 @@ impl SchedulerStore for SqliteStore {
 
     async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow> {
         let name = name.to_owned();
-        self.write(move |conn, _| {
+        self.write_aside(move |conn, _| {
             let revision: i64 = conn.query_row(
                 "INSERT INTO sched_workflows (name, revision, spec, create_time) \
                  SELECT ?1, COALESCE(MAX(revision), 0) + 1, ?2, ?3 FROM sched_workflows WHERE name = ?1 \
@@ -811,7 +828,7 @@ impl SchedulerStore for SqliteStore {
     async fn set_rate_limit(&self, agent: &str, limit: Option<RateLimit>) -> Result<()> {
         let agent = agent.to_owned();
         let flag = Arc::clone(&self.rate_limited);
-        self.write(move |conn, _| {
+        self.write_aside(move |conn, _| {
             match limit {
                 None => conn.execute("DELETE FROM sched_rate_limits WHERE agent = ?1", [agent])?,
                 Some(l) => conn.execute(
@@ -841,7 +858,7 @@ impl SchedulerStore for SqliteStore {
     }
 
     async fn mark_published(&self, ids: &[i64]) -> Result<()> {
-        self.write(|conn, _| {
+        self.write_aside(|conn, _| {
             let tx = conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
