@@ -251,6 +251,14 @@ fn status_error(s: Status) -> Error {
         tonic::Code::NotFound => Error::NotFound(s.message().to_owned()),
         tonic::Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_owned()),
         tonic::Code::Aborted => Error::Conflict(s.message().to_owned()),
+        // The engine's INVALID_ARGUMENT is a `FieldError` ("field: reason").
+        tonic::Code::InvalidArgument => {
+            let (field, reason) = s
+                .message()
+                .split_once(": ")
+                .unwrap_or(("request", s.message()));
+            Error::Invalid(FieldError::new(field, reason))
+        }
         _ => Error::Unavailable(s.message().to_owned()),
     }
 }
