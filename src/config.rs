@@ -46,6 +46,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub scheduler: SchedulerConfig,
     pub executor: ExecutorConfig,
+    pub gateway: GatewayConfig,
     pub kafka: KafkaConfig,
     pub client: ClientConfig,
 }
@@ -152,6 +153,64 @@ pub struct LimitsConfig {
     pub max_output_bytes: u64,
 }
 
+/// The front door: gRPC and grpc-web, tokens, sessions, RBAC, rate limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Overrides `database_url` for users and the audit log.
+    pub database_url: String,
+    /// Sessions, revocations and rate limits: `redis://host:port`; empty
+    /// means in-process (one gateway only).
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    /// host:port of the services the gateway routes to; empty: not routed.
+    pub registry: String,
+    pub scheduler: String,
+    pub executor: String,
+    /// Browser origins allowed to call over grpc-web, e.g.
+    /// `https://ci.example.com`. Exact matches; `null` and `*` are refused.
+    pub allowed_origins: Vec<String>,
+    /// `iss` and `aud` of the tokens it issues.
+    pub issuer: String,
+    pub audience: String,
+    /// Ed25519 PKCS#8 key signing tokens, shared by every replica; empty
+    /// means `<data_dir>/gateway/signing-key.p8`, created when missing.
+    pub signing_key: String,
+    /// Directory of the CA (`ca.pem`, `ca.key`) that signs client
+    /// certificates (IssueCertificate); empty means the TLS directory when
+    /// `tls.dev_ca` is set, else no certificates are issued.
+    pub ca_dir: String,
+    pub access_ttl_s: u32,
+    pub session_idle_s: u32,
+    pub session_absolute_s: u32,
+    /// Requests per second and burst, per principal and per client address.
+    pub rate_per_principal: f64,
+    pub burst_per_principal: u32,
+    pub rate_per_address: f64,
+    pub burst_per_address: u32,
+    /// Largest request message, bytes.
+    pub max_message_bytes: u32,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Creates this admin at start-up when there are no users; prefer the
+    /// environment (`DEVCYCLE_GATEWAY__ADMIN_PASSWORD`).
+    pub admin_password: String,
+    /// Other token issuers trusted for access tokens.
+    pub external_issuers: Vec<ExternalIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalIssuerConfig {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: String,
+    /// Prepended to `sub`, keeping external users apart from local ones.
+    pub subject_prefix: String,
+}
+
 /// The event bus. Without brokers, events stay in the process (`devcycle up`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -166,6 +225,11 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
+    /// host:port of the gateway, which client commands use by default.
+    pub gateway: String,
+    /// Talk to the services directly over mTLS with the certificate of
+    /// `identity` instead of through the gateway with a login.
+    pub direct: bool,
     /// host:port of the registry.
     pub registry: String,
     /// host:port of the scheduler.
@@ -192,6 +256,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             scheduler: SchedulerConfig::default(),
             executor: ExecutorConfig::default(),
+            gateway: GatewayConfig::default(),
             kafka: KafkaConfig::default(),
             client: ClientConfig::default(),
         }
@@ -289,6 +354,36 @@ impl Default for LimitsConfig {
     }
 }
 
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            database_url: String::new(),
+            redis_url: String::new(),
+            redis_prefix: "devcycle:".into(),
+            registry: "127.0.0.1:7401".into(),
+            scheduler: "127.0.0.1:7402".into(),
+            executor: String::new(),
+            allowed_origins: Vec::new(),
+            issuer: "https://devcycle.local".into(),
+            audience: "devcycle".into(),
+            signing_key: String::new(),
+            ca_dir: String::new(),
+            access_ttl_s: 600,
+            session_idle_s: 7 * 24 * 3600,
+            session_absolute_s: 30 * 24 * 3600,
+            rate_per_principal: 200.0,
+            burst_per_principal: 400,
+            rate_per_address: 500.0,
+            burst_per_address: 1000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            admin_password: String::new(),
+            external_issuers: Vec::new(),
+        }
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -301,11 +396,65 @@ impl Default for KafkaConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            gateway: "127.0.0.1:7400".into(),
+            direct: false,
             registry: "127.0.0.1:7401".into(),
             scheduler: "127.0.0.1:7402".into(),
             executor: "127.0.0.1:7403".into(),
             identity: "user/admin".into(),
         }
+    }
+}
+
+impl GatewayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for o in &self.allowed_origins {
+            let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                && !o.ends_with('/')
+                && !o.contains('*');
+            if !ok {
+                return Err(invalid(
+                    "gateway.allowed_origins",
+                    format!("{o:?} is not an origin such as https://ci.example.com (no wildcard, no null)"),
+                ));
+            }
+        }
+        if !(self.redis_url.is_empty()
+            || self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://"))
+        {
+            return Err(invalid("gateway.redis_url", "must start with redis:// or rediss://"));
+        }
+        if !(60..=3600).contains(&self.access_ttl_s) {
+            return Err(invalid("gateway.access_ttl_s", "must be between 60 and 3600"));
+        }
+        if self.session_idle_s < self.access_ttl_s || self.session_absolute_s < self.session_idle_s {
+            return Err(invalid(
+                "gateway.session_idle_s",
+                "access_ttl_s <= session_idle_s <= session_absolute_s must hold",
+            ));
+        }
+        if !(self.rate_per_principal > 0.0 && self.rate_per_address > 0.0)
+            || self.burst_per_principal == 0
+            || self.burst_per_address == 0
+        {
+            return Err(invalid("gateway.rate_per_principal", "rates and bursts must be positive"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(invalid("gateway.max_message_bytes", "must be at least 1024"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(invalid("gateway.max_concurrent_streams", "must be positive"));
+        }
+        for (i, e) in self.external_issuers.iter().enumerate() {
+            if e.issuer.is_empty() || e.audience.is_empty() || !e.jwks_url.starts_with("http") {
+                return Err(invalid(
+                    "gateway.external_issuers",
+                    format!("entry {i}: issuer, audience and an http(s) jwks_url are required"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -359,6 +508,8 @@ impl Config {
         check_db_url("database_url", &self.database_url)?;
         check_db_url("registry.database_url", &self.registry.database_url)?;
         check_db_url("scheduler.database_url", &self.scheduler.database_url)?;
+        check_db_url("gateway.database_url", &self.gateway.database_url)?;
+        self.gateway.validate()?;
         if !(100..=600_000).contains(&self.scheduler.heartbeat_interval_ms) {
             return Err(invalid(
                 "scheduler.heartbeat_interval_ms",

@@ -95,6 +95,12 @@ pub fn max_items(field: &str, len: usize, max: usize) -> Result {
     }
 }
 
+/// A user name: 1-64 characters of `[a-z0-9._-]` (it becomes the last
+/// segment of `spiffe://<td>/user/<name>`).
+pub fn user_name(field: &str, value: &str) -> Result {
+    token(field, value, 64, b"._")
+}
+
 /// Characters of names such as capabilities and label keys.
 pub fn token(field: &str, value: &str, max: usize, extra: &[u8]) -> Result {
     let ok = !value.is_empty()

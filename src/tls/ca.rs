@@ -53,21 +53,27 @@ impl CertificateAuthority {
         })
     }
 
+    /// Loads `ca.pem` and `ca.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let cert_pem = read(&cert_path)?;
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| TlsError::Parse {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| TlsError::Parse {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { cert_pem, issuer })
+    }
+
     /// Loads `ca.pem` and `ca.key` from `dir`, creating them on first use.
     /// The key file is written with mode 0600.
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
         if cert_path.exists() && key_path.exists() {
-            let cert_pem = read(&cert_path)?;
-            let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| TlsError::Parse {
-                path: key_path.clone(),
-                reason: e.to_string(),
-            })?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| TlsError::Parse {
-                path: cert_path.clone(),
-                reason: e.to_string(),
-            })?;
-            return Ok(Self { cert_pem, issuer });
+            return Self::load(dir);
         }
         let ca = Self::generate(trust_domain)?;
         fs::create_dir_all(dir).map_err(|e| TlsError::io(dir, e))?;

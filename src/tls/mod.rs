@@ -40,6 +40,8 @@ pub enum TlsError {
     Issue(String),
     #[error("certificate signing request: {0}")]
     Csr(String),
+    #[error("CA bundle: {0}")]
+    Bundle(String),
     #[error("{path}: not a mesh identity: {source}")]
     Svid { path: PathBuf, source: SvidError },
 }
@@ -222,6 +224,18 @@ impl MeshTls {
         Arc::new(config)
     }
 
+    /// A server config for clients outside the mesh (the gateway's public
+    /// port): this identity's certificate, no client certificate requested.
+    pub fn public_server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
     /// A client config presenting this SVID and requiring the server's to be
     /// `expect` (any mesh identity when `None`).
     pub fn client_config(self: &Arc<Self>, expect: Option<SpiffeId>) -> Arc<rustls::ClientConfig> {
@@ -319,6 +333,25 @@ fn build_material(
         client_verifier,
         id,
     })
+}
+
+/// A client config for a public TLS server (the gateway) whose certificate
+/// chains to `ca_pem`, verified by host name; no client certificate.
+pub fn public_client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Bundle(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Bundle(e.to_string()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -153,6 +153,13 @@ impl MeshConnector {
             connector: TlsConnector::from(tls.client_config(expect)),
         }
     }
+
+    /// Connects with any client config, e.g. [`super::public_client_config`].
+    pub fn with_config(config: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            connector: TlsConnector::from(config),
+        }
+    }
 }
 
 impl tower::Service<http::Uri> for MeshConnector {

@@ -1,0 +1,591 @@
+//! The per-request path of the front door, in order: origin and URL checks,
+//! the method's policy entry (fail-closed), identity metadata refused,
+//! token verification and revocation, RBAC, rate limits, the request size,
+//! then the call — to the gateway's own services or proxied over mTLS — with
+//! the outcome of mutating calls audited.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use crate::audit::Recorder;
+use crate::cache::{Bucket, Cache};
+use crate::jwt::{ACCESS_TYP, Claims, Verifier};
+use crate::principal::{Authenticated, BootstrapCredential, ClientAddr, rate_limited};
+use crate::proxy::Routes;
+use crate::rbac::{self, Access, Roles, Rule};
+use crate::revocation::{Revoked, Revocations};
+use crate::store::AuditRow;
+
+/// Rate of one kind of bucket: a request every `interval_us`, `burst` at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub interval_us: i64,
+    pub burst: u32,
+}
+
+pub struct FrontConfig {
+    pub origins: Vec<HeaderValue>,
+    pub max_message_bytes: usize,
+    pub per_principal: Rate,
+    pub per_address: Rate,
+}
+
+pub struct Front {
+    pub config: FrontConfig,
+    pub verifier: Arc<Verifier>,
+    pub revocations: Arc<Revocations>,
+    pub cache: Arc<dyn Cache>,
+    pub recorder: Recorder,
+    pub routes: Routes,
+    last_fail_open_warning: AtomicI64,
+}
+
+/// What admission decided about a request.
+struct Admitted {
+    rule: &'static Rule,
+    claims: Option<Claims>,
+    bootstrap: Option<String>,
+}
+
+impl Front {
+    pub fn new(
+        config: FrontConfig,
+        verifier: Arc<Verifier>,
+        revocations: Arc<Revocations>,
+        cache: Arc<dyn Cache>,
+        recorder: Recorder,
+        routes: Routes,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            verifier,
+            revocations,
+            cache,
+            recorder,
+            routes,
+            last_fail_open_warning: AtomicI64::new(0),
+        })
+    }
+
+    /// Handles one gRPC request (grpc-web has been translated already).
+    pub async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
+        let remote = req
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|a| a.0)
+            .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+        let method = req.uri().path().to_owned();
+        let has_query = req.uri().query().is_some();
+        let admitted = match self.admit(&method, req.headers(), has_query, remote).await {
+            Ok(a) => a,
+            Err(status) => {
+                if let Some(rule) = rbac::rule(&method)
+                    && rule.mutating
+                {
+                    self.audit_now(&method, "", "anonymous", remote, status.code());
+                }
+                return status.into_http();
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        let mut target = String::new();
+        let body = if client_streaming().contains(method.as_str()) {
+            body
+        } else {
+            match self.read_unary(body).await {
+                Ok(bytes) => {
+                    if admitted.rule.mutating {
+                        target = target_of(&bytes, admitted.rule.target);
+                    }
+                    Body::new(http_body_util::Full::new(bytes))
+                }
+                Err(status) => return status.into_http(),
+            }
+        };
+        forwarded_headers(&mut parts.headers, admitted.claims.as_ref());
+        parts.extensions.insert(ClientAddr(remote));
+        if let Some(c) = &admitted.claims {
+            parts.extensions.insert(Authenticated(c.clone()));
+        }
+        if let Some(b) = admitted.bootstrap {
+            parts.extensions.insert(BootstrapCredential(b));
+        }
+        let req = Request::from_parts(parts, body);
+        let res = self.routes.call(&method, req).await;
+        if !admitted.rule.mutating {
+            return res;
+        }
+        let actor = admitted
+            .claims
+            .as_ref()
+            .map(|c| c.subject.clone())
+            .unwrap_or_else(|| "anonymous".into());
+        let row = self.audit_row(&method, &target, &actor, remote);
+        audited(res, self.recorder.clone(), row)
+    }
+
+    async fn admit(
+        &self,
+        method: &str,
+        headers: &HeaderMap,
+        has_query: bool,
+        remote: SocketAddr,
+    ) -> Result<Admitted, Status> {
+        if let Some(origin) = headers.get(http::header::ORIGIN)
+            && !self.config.origins.iter().any(|o| o == origin)
+        {
+            return Err(Status::permission_denied(format!(
+                "origin: {} is not allowed",
+                String::from_utf8_lossy(origin.as_bytes())
+            )));
+        }
+        if has_query {
+            return Err(Status::unauthenticated(
+                "the URL query is refused: send credentials only in the authorization header",
+            ));
+        }
+        let rule = rbac::rule(method).ok_or_else(|| {
+            Status::permission_denied(format!("{method}: no policy entry, so it is denied"))
+        })?;
+        if let Some(h) = headers
+            .keys()
+            .find(|k| k.as_str().starts_with("x-devcycle-"))
+        {
+            return Err(Status::permission_denied(format!(
+                "{h}: identity metadata is set by the gateway only"
+            )));
+        }
+        let address = Bucket {
+            key: format!("a:{}", remote.ip()),
+            interval_us: self.config.per_address.interval_us,
+            burst: self.config.per_address.burst,
+        };
+        let credential = match credential(headers, rule) {
+            Ok(c) => c,
+            Err(s) => {
+                self.limit(&[address]).await?;
+                return Err(s);
+            }
+        };
+        let mut admitted = Admitted {
+            rule,
+            claims: None,
+            bootstrap: None,
+        };
+        match credential {
+            Credential::None => {}
+            Credential::Bootstrap(b) => admitted.bootstrap = Some(b),
+            Credential::Bearer(token) => match self.authenticate(&token).await {
+                Ok(c) => admitted.claims = Some(c),
+                Err(s) => {
+                    self.limit(&[address]).await?;
+                    return Err(s);
+                }
+            },
+        }
+        authorize(method, rule, &admitted)?;
+        match &admitted.claims {
+            Some(c) => {
+                let principal = Bucket {
+                    key: format!("p:{}", c.subject),
+                    interval_us: self.config.per_principal.interval_us,
+                    burst: self.config.per_principal.burst,
+                };
+                self.limit(&[address, principal]).await?;
+            }
+            None => self.limit(&[address]).await?,
+        }
+        Ok(admitted)
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Claims, Status> {
+        let now = devcycle::time::now_ms() / 1000;
+        let claims = self
+            .verifier
+            .verify(token, ACCESS_TYP, now)
+            .await
+            .map_err(|e| Status::unauthenticated(format!("authorization: {}", e.0)))?;
+        match self.revocations.check(&claims.jti, &claims.session) {
+            Ok(()) => Ok(claims),
+            Err(Revoked::Token) => Err(Status::unauthenticated(
+                "authorization: token revoked (logged out)",
+            )),
+            Err(Revoked::Session) => Err(Status::unauthenticated(
+                "authorization: session revoked; log in again",
+            )),
+            Err(Revoked::Unknown) => Err(Status::unavailable(
+                "revocation list not loaded yet; retry shortly",
+            )),
+        }
+    }
+
+    /// Applies rate limits; when the shared store is unreachable the request
+    /// is let through (fail open) and counted.
+    async fn limit(&self, buckets: &[Bucket]) -> Result<(), Status> {
+        let now_us = devcycle::time::now_ms() * 1000;
+        match self.cache.rate(buckets, now_us).await {
+            Ok(d) if d.allowed => Ok(()),
+            Ok(d) => {
+                metrics::counter!("devcycle_gateway_rate_limited_total").increment(1);
+                Err(rate_limited("requests", d.retry_after_us))
+            }
+            Err(e) => {
+                metrics::counter!("devcycle_gateway_ratelimit_fail_open_total").increment(1);
+                let last = self.last_fail_open_warning.load(Ordering::Relaxed);
+                if now_us - last > 10_000_000 {
+                    self.last_fail_open_warning.store(now_us, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "rate limits not enforced: their store is unreachable");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_unary(&self, body: Body) -> Result<Bytes, Status> {
+        let max = self.config.max_message_bytes + 5;
+        match http_body_util::Limited::new(body, max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(Status::resource_exhausted(format!(
+                    "request: larger than {} bytes",
+                    self.config.max_message_bytes
+                )))
+            }
+            Err(e) => Err(Status::cancelled(format!("request body: {e}"))),
+        }
+    }
+
+    fn audit_row(&self, method: &str, target: &str, actor: &str, remote: SocketAddr) -> AuditRow {
+        AuditRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            time_ms: devcycle::time::now_ms(),
+            actor: actor.to_owned(),
+            method: method.to_owned(),
+            target: target.to_owned(),
+            outcome: 0,
+            status_code: String::new(),
+            client_address: remote.ip().to_string(),
+        }
+    }
+
+    fn audit_now(&self, method: &str, target: &str, actor: &str, remote: SocketAddr, code: Code) {
+        let mut row = self.audit_row(method, target, actor, remote);
+        finish_row(&mut row, code);
+        self.recorder.record(row);
+    }
+}
+
+enum Credential {
+    None,
+    Bearer(String),
+    Bootstrap(String),
+}
+
+fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Status> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Ok(Credential::None);
+    };
+    if values.next().is_some() {
+        return Err(Status::unauthenticated("authorization: sent more than once"));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization: not ASCII"))?;
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Ok(Credential::Bearer(t.trim().to_owned()));
+    }
+    if let Some(t) = v.strip_prefix("Bootstrap ")
+        && rule.access == Access::AdminOrBootstrap
+    {
+        return Ok(Credential::Bootstrap(t.trim().to_owned()));
+    }
+    Err(Status::unauthenticated("authorization: expected \"Bearer <token>\""))
+}
+
+fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
+    let roles = a.claims.as_ref().map(|c| Roles::of(&c.roles));
+    let allowed = match (rule.access, roles) {
+        (Access::Public, _) => return Ok(()),
+        (Access::AdminOrBootstrap, _) if a.bootstrap.is_some() => return Ok(()),
+        (Access::Roles(Roles::NONE), _) => {
+            return Err(Status::permission_denied(format!(
+                "{method} is served only to mesh identities over mTLS"
+            )));
+        }
+        (_, None) => {
+            return Err(Status::unauthenticated(
+                "authorization: a bearer token is required",
+            ));
+        }
+        (Access::Roles(need), Some(have)) => have.intersects(need),
+        (Access::AdminOrBootstrap, Some(have)) => have.intersects(Roles::ADMIN),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{method}: not allowed for roles {:?}",
+            a.claims.as_ref().map(|c| c.roles.join(",")).unwrap_or_default()
+        )))
+    }
+}
+
+/// Headers as the owning service must see them: the gateway's principal
+/// metadata, no client credentials, no HTTP/1.1 connection headers.
+fn forwarded_headers(h: &mut HeaderMap, claims: Option<&Claims>) {
+    h.remove(http::header::AUTHORIZATION);
+    h.remove(http::header::HOST);
+    h.remove(http::header::CONNECTION);
+    h.remove(http::header::COOKIE);
+    if let Some(c) = claims {
+        let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(k, v);
+            }
+        };
+        set(h, devcycle::authz::SUBJECT_HEADER, &c.subject);
+        set(h, devcycle::authz::ROLES_HEADER, &c.roles.join(","));
+        set(h, devcycle::authz::SESSION_HEADER, &c.session);
+    }
+}
+
+/// Methods whose requests are streams: passed through, not buffered.
+fn client_streaming() -> &'static HashSet<String> {
+    static SET: OnceLock<HashSet<String>> = OnceLock::new();
+    SET.get_or_init(|| {
+        use prost::Message;
+        let fds = prost_types::FileDescriptorSet::decode(devcycle::proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        let mut out = HashSet::new();
+        for f in &fds.file {
+            for s in &f.service {
+                for m in &s.method {
+                    if m.client_streaming() {
+                        out.insert(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// The audited target: the first string found along one of `paths` in the
+/// request's first message (uncompressed frames only).
+fn target_of(frame: &[u8], paths: &[rbac::TargetPath]) -> String {
+    if frame.len() < 5 || frame[0] != 0 {
+        return String::new();
+    }
+    let msg = &frame[5..];
+    for path in paths {
+        let mut cur = msg;
+        let found = path.iter().all(|f| match field(cur, *f) {
+            Some(v) => {
+                cur = v;
+                true
+            }
+            None => false,
+        });
+        if found && let Ok(s) = std::str::from_utf8(cur) {
+            return s.chars().take(256).collect();
+        }
+    }
+    String::new()
+}
+
+/// The bytes of length-delimited field `number` in a protobuf message.
+fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
+    use prost::encoding::decode_varint;
+    while buf.has_remaining() {
+        let key = decode_varint(&mut buf).ok()?;
+        match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+            }
+            1 => buf = buf.get(8..)?,
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let v = buf.get(..len)?;
+                if key >> 3 == u64::from(number) {
+                    return Some(v);
+                }
+                buf = &buf[len..];
+            }
+            5 => buf = buf.get(4..)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn finish_row(row: &mut AuditRow, code: Code) {
+    use devcycle::proto::auth::v1::AuditOutcome;
+    row.outcome = match code {
+        Code::Ok => AuditOutcome::Ok,
+        Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted => {
+            AuditOutcome::Denied
+        }
+        _ => AuditOutcome::Error,
+    } as i32;
+    row.status_code = code_name(code).to_owned();
+}
+
+fn status_code(h: &HeaderMap) -> Option<Code> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// Records the call's outcome once its status is known: from the headers
+/// of a trailers-only response, from the trailers, or CANCELLED if the
+/// response is dropped before either.
+fn audited(res: Response<Body>, recorder: Recorder, mut row: AuditRow) -> Response<Body> {
+    if let Some(code) = status_code(res.headers()) {
+        finish_row(&mut row, code);
+        recorder.record(row);
+        return res;
+    }
+    res.map(|inner| {
+        Body::new(AuditBody {
+            inner,
+            pending: Some((recorder, row)),
+        })
+    })
+}
+
+struct AuditBody {
+    inner: Body,
+    pending: Option<(Recorder, AuditRow)>,
+}
+
+impl AuditBody {
+    fn finish(&mut self, code: Code) {
+        if let Some((recorder, mut row)) = self.pending.take() {
+            finish_row(&mut row, code);
+            recorder.record(row);
+        }
+    }
+}
+
+impl Drop for AuditBody {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl http_body::Body for AuditBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(code) = f.trailers_ref().and_then(status_code) {
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(s))) => {
+                let code = s.code();
+                self.finish(code);
+            }
+            Poll::Ready(None) => self.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The front door as a tower service.
+#[derive(Clone)]
+pub struct FrontService(pub Arc<Front>);
+
+impl tower::Service<Request<Body>> for FrontService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let front = Arc::clone(&self.0);
+        Box::pin(async move { Ok(front.handle(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_read_from_nested_fields() {
+        use prost::Message;
+        let req = devcycle::proto::scheduler::v1::CancelRunRequest {
+            run_id: "r-1".into(),
+            reason: "x".into(),
+        };
+        let mut frame = vec![0u8, 0, 0, 0, 0];
+        frame.extend(req.encode_to_vec());
+        assert_eq!(target_of(&frame, &[&[1]]), "r-1");
+        let agent = devcycle::proto::registry::v1::CreateAgentRequest {
+            agent: Some(devcycle::proto::registry::v1::Agent {
+                name: "lint".into(),
+                ..Default::default()
+            }),
+        };
+        let mut frame = vec![0u8, 0, 0, 0, 0];
+        frame.extend(agent.encode_to_vec());
+        assert_eq!(target_of(&frame, &[&[1, 1]]), "lint");
+        assert_eq!(target_of(&frame, &[&[7]]), "");
+        assert_eq!(target_of(&[1, 0, 0, 0, 0, 10, 1, 65], &[&[1]]), "");
+    }
+}
