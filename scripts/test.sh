@@ -63,12 +63,13 @@ psql "$PG_URL" -Atqc "select datname from pg_database where datname like 'dc_tes
 
 # --------------------------------------------------------------------- Redis
 REDIS_URL=${DEVCYCLE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
+# The degradation tests start and stop Redis servers of their own.
+command -v redis-server >/dev/null || apt_install redis-server
 redis_hostport=${REDIS_URL#redis://}
 redis_hostport=${redis_hostport%%/*}
 if port_open "${redis_hostport%:*}" "${redis_hostport#*:}"; then
     log "Redis at $REDIS_URL"
 else
-    command -v redis-server >/dev/null || apt_install redis-server
     port=$(free_port)
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --pidfile "$TMP/redis.pid" --logfile "$TMP/redis.log" --dir "$TMP"

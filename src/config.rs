@@ -415,7 +415,9 @@ impl GatewayConfig {
             if !ok {
                 return Err(invalid(
                     "gateway.allowed_origins",
-                    format!("{o:?} is not an origin such as https://ci.example.com (no wildcard, no null)"),
+                    format!(
+                        "{o:?} is not an origin such as https://ci.example.com (no wildcard, no null)"
+                    ),
                 ));
             }
         }
@@ -423,12 +425,19 @@ impl GatewayConfig {
             || self.redis_url.starts_with("redis://")
             || self.redis_url.starts_with("rediss://"))
         {
-            return Err(invalid("gateway.redis_url", "must start with redis:// or rediss://"));
+            return Err(invalid(
+                "gateway.redis_url",
+                "must start with redis:// or rediss://",
+            ));
         }
         if !(60..=3600).contains(&self.access_ttl_s) {
-            return Err(invalid("gateway.access_ttl_s", "must be between 60 and 3600"));
+            return Err(invalid(
+                "gateway.access_ttl_s",
+                "must be between 60 and 3600",
+            ));
         }
-        if self.session_idle_s < self.access_ttl_s || self.session_absolute_s < self.session_idle_s {
+        if self.session_idle_s < self.access_ttl_s || self.session_absolute_s < self.session_idle_s
+        {
             return Err(invalid(
                 "gateway.session_idle_s",
                 "access_ttl_s <= session_idle_s <= session_absolute_s must hold",
@@ -438,13 +447,22 @@ impl GatewayConfig {
             || self.burst_per_principal == 0
             || self.burst_per_address == 0
         {
-            return Err(invalid("gateway.rate_per_principal", "rates and bursts must be positive"));
+            return Err(invalid(
+                "gateway.rate_per_principal",
+                "rates and bursts must be positive",
+            ));
         }
         if self.max_message_bytes < 1024 {
-            return Err(invalid("gateway.max_message_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "gateway.max_message_bytes",
+                "must be at least 1024",
+            ));
         }
         if self.max_concurrent_streams == 0 {
-            return Err(invalid("gateway.max_concurrent_streams", "must be positive"));
+            return Err(invalid(
+                "gateway.max_concurrent_streams",
+                "must be positive",
+            ));
         }
         for (i, e) in self.external_issuers.iter().enumerate() {
             if e.issuer.is_empty() || e.audience.is_empty() || !e.jwks_url.starts_with("http") {

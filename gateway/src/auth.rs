@@ -66,7 +66,10 @@ pub fn role_value(name: &str) -> i32 {
 
 fn roles_of(field: &str, roles: &[i32]) -> Result<Vec<String>, Status> {
     if roles.is_empty() {
-        return Err(invalid(FieldError::new(field, "at least one role is required")));
+        return Err(invalid(FieldError::new(
+            field,
+            "at least one role is required",
+        )));
     }
     let mut out = Vec::new();
     for (i, r) in roles.iter().enumerate() {
@@ -127,7 +130,12 @@ impl AuthService {
             .await
             .map_err(unavailable)?;
         self.revocations.insert(session_entry(id), until);
-        Ok(self.cache.end_session(id).await.map_err(unavailable)?.is_some())
+        Ok(self
+            .cache
+            .end_session(id)
+            .await
+            .map_err(unavailable)?
+            .is_some())
     }
 
     async fn open_session(
@@ -175,7 +183,10 @@ impl pb::auth_server::Auth for AuthService {
         let r = req.into_inner();
         validate::user_name("username", &r.username).map_err(invalid)?;
         if r.password.is_empty() || r.password.len() > password::MAX_LEN {
-            return Err(invalid(FieldError::new("password", "required, at most 1024 bytes")));
+            return Err(invalid(FieldError::new(
+                "password",
+                "required, at most 1024 bytes",
+            )));
         }
         validate::max_bytes("device", &r.device, 128).map_err(invalid)?;
         let bucket = Bucket {
@@ -189,7 +200,10 @@ impl pb::auth_server::Auth for AuthService {
             .await
             .map_err(unavailable)?;
         if !d.allowed {
-            return Err(rate_limited("login attempts for this user", d.retry_after_us));
+            return Err(rate_limited(
+                "login attempts for this user",
+                d.retry_after_us,
+            ));
         }
         let user = self.store.user(&r.username).await?;
         let ok = password::verify(r.password, user.as_ref().map(|u| u.password_hash.clone())).await;
@@ -204,7 +218,11 @@ impl pb::auth_server::Auth for AuthService {
                 return Err(Status::unauthenticated("totp_code: wrong code"));
             }
         }
-        let device = if r.device.is_empty() { "unnamed" } else { &r.device };
+        let device = if r.device.is_empty() {
+            "unnamed"
+        } else {
+            &r.device
+        };
         Ok(Response::new(self.open_session(&user, device, addr).await?))
     }
 
@@ -246,7 +264,9 @@ impl pb::auth_server::Auth for AuthService {
                 ));
             }
             Rotation::Unknown => {
-                return Err(Status::unauthenticated("refresh_token: session ended or expired"));
+                return Err(Status::unauthenticated(
+                    "refresh_token: session ended or expired",
+                ));
             }
         }
         let user = self
@@ -415,7 +435,12 @@ impl pb::auth_server::Auth for AuthService {
         _req: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
-            keys: self.verifier.own_keys().iter().map(|k| k.to_jwk()).collect(),
+            keys: self
+                .verifier
+                .own_keys()
+                .iter()
+                .map(|k| k.to_jwk())
+                .collect(),
         }))
     }
 
@@ -423,7 +448,10 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
-        let claims = req.extensions().get::<crate::principal::Authenticated>().map(|a| a.0.clone());
+        let claims = req
+            .extensions()
+            .get::<crate::principal::Authenticated>()
+            .map(|a| a.0.clone());
         let r = req.into_inner();
         validate::required("csr_pem", &r.csr_pem).map_err(invalid)?;
         validate::max_bytes("csr_pem", &r.csr_pem, MAX_CSR_BYTES).map_err(invalid)?;
@@ -451,7 +479,9 @@ impl pb::auth_server::Auth for AuthService {
             SpiffeId::new(&self.trust_domain, Kind::Worker, &worker)
         } else {
             let c = claims.ok_or_else(|| {
-                Status::unauthenticated("authorization: a bearer token or worker_join_token is required")
+                Status::unauthenticated(
+                    "authorization: a bearer token or worker_join_token is required",
+                )
             })?;
             SpiffeId::new(&self.trust_domain, Kind::User, &c.subject)
         }
@@ -510,12 +540,17 @@ impl pb::auth_server::Auth for AuthService {
                 ));
             }
             if !roles.iter().any(|r| r == "admin") {
-                return Err(invalid(FieldError::new("roles", "the first user must be an admin")));
+                return Err(invalid(FieldError::new(
+                    "roles",
+                    "the first user must be an admin",
+                )));
             }
         }
         let row = UserRow {
             name: r.name.clone(),
-            password_hash: password::hash(r.password).await.map_err(|e| Status::internal(e.to_string()))?,
+            password_hash: password::hash(r.password)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?,
             roles,
             totp_secret: None,
             totp_pending: None,
@@ -560,7 +595,11 @@ impl pb::auth_server::Auth for AuthService {
         if !self.store.set_roles(&r.name, &roles).await? {
             return Err(Status::not_found(format!("name: no user {:?}", r.name)));
         }
-        let user = self.store.user(&r.name).await?.ok_or_else(|| Status::not_found("user deleted meanwhile"))?;
+        let user = self
+            .store
+            .user(&r.name)
+            .await?
+            .ok_or_else(|| Status::not_found("user deleted meanwhile"))?;
         Ok(Response::new(pb::SetUserRolesResponse {
             user: Some(user_pb(&user)),
         }))
@@ -590,12 +629,21 @@ impl pb::auth_server::Auth for AuthService {
         let r = req.into_inner();
         check_password("new_password", &r.new_password)?;
         if !password::verify(r.current_password, Some(user.password_hash.clone())).await {
-            return Err(Status::permission_denied("current_password: wrong password"));
+            return Err(Status::permission_denied(
+                "current_password: wrong password",
+            ));
         }
-        let hash = password::hash(r.new_password).await.map_err(|e| Status::internal(e.to_string()))?;
+        let hash = password::hash(r.new_password)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.store.set_password(&user.name, &hash).await?;
         // Every other device signs in again with the new password.
-        for s in self.cache.sessions_of(&user.name).await.map_err(unavailable)? {
+        for s in self
+            .cache
+            .sessions_of(&user.name)
+            .await
+            .map_err(unavailable)?
+        {
             if s.id != c.session {
                 self.end_session(&s.id).await?;
             }

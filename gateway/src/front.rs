@@ -24,7 +24,7 @@ use crate::jwt::{ACCESS_TYP, Claims, Verifier};
 use crate::principal::{Authenticated, BootstrapCredential, ClientAddr, rate_limited};
 use crate::proxy::Routes;
 use crate::rbac::{self, Access, Roles, Rule};
-use crate::revocation::{Revoked, Revocations};
+use crate::revocation::{Revocations, Revoked};
 use crate::store::AuditRow;
 
 /// Rate of one kind of bucket: a request every `interval_us`, `burst` at once.
@@ -298,7 +298,9 @@ fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Status> {
         return Ok(Credential::None);
     };
     if values.next().is_some() {
-        return Err(Status::unauthenticated("authorization: sent more than once"));
+        return Err(Status::unauthenticated(
+            "authorization: sent more than once",
+        ));
     }
     let v = v
         .to_str()
@@ -311,7 +313,9 @@ fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Status> {
     {
         return Ok(Credential::Bootstrap(t.trim().to_owned()));
     }
-    Err(Status::unauthenticated("authorization: expected \"Bearer <token>\""))
+    Err(Status::unauthenticated(
+        "authorization: expected \"Bearer <token>\"",
+    ))
 }
 
 fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
@@ -337,7 +341,10 @@ fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
     } else {
         Err(Status::permission_denied(format!(
             "{method}: not allowed for roles {:?}",
-            a.claims.as_ref().map(|c| c.roles.join(",")).unwrap_or_default()
+            a.claims
+                .as_ref()
+                .map(|c| c.roles.join(","))
+                .unwrap_or_default()
         )))
     }
 }

@@ -130,7 +130,9 @@ impl Options {
                 .with_context(|| format!("gateway.signing_key {}", key_path.display()))?,
         );
         let ca = if !g.ca_dir.is_empty() {
-            Some(Arc::new(CertificateAuthority::load(&PathBuf::from(&g.ca_dir))?))
+            Some(Arc::new(CertificateAuthority::load(&PathBuf::from(
+                &g.ca_dir,
+            ))?))
         } else if config.tls.dev_ca {
             Some(Arc::new(CertificateAuthority::load(&config.tls_dir())?))
         } else {
@@ -151,7 +153,11 @@ impl Options {
             .collect();
         let mut routes = Vec::new();
         for (service, addr, name) in [
-            ("devcycle.registry.v1.AgentRegistry", &g.registry, "registry"),
+            (
+                "devcycle.registry.v1.AgentRegistry",
+                &g.registry,
+                "registry",
+            ),
             ("devcycle.scheduler.v1.Scheduler", &g.scheduler, "scheduler"),
         ] {
             if !addr.is_empty() {
@@ -193,12 +199,19 @@ impl Options {
 }
 
 /// Creates the first admin, or the one-time token that may.
-async fn bootstrap(store: &Store, admin_password: Option<String>) -> anyhow::Result<Option<String>> {
+async fn bootstrap(
+    store: &Store,
+    admin_password: Option<String>,
+) -> anyhow::Result<Option<String>> {
     if store.user_count().await? > 0 {
         return Ok(None);
     }
     let Some(password) = admin_password else {
-        return Ok(Some(format!("{}{}", tokens::random_id(), tokens::random_id())));
+        return Ok(Some(format!(
+            "{}{}",
+            tokens::random_id(),
+            tokens::random_id()
+        )));
     };
     anyhow::ensure!(
         password.chars().count() >= password::MIN_LEN,

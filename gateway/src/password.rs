@@ -1,8 +1,8 @@
 //! Passwords: argon2id with the library's defaults (19 MiB, 2 passes), run
 //! off the async threads because each hash takes tens of milliseconds.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Shortest password accepted.
 pub const MIN_LEN: usize = 12;

@@ -28,7 +28,8 @@ pub fn invalid(e: FieldError) -> Status {
 /// rounded up, as in HTTP) and `retry-after-ms`.
 pub fn rate_limited(what: &str, wait_us: i64) -> Status {
     let ms = (wait_us + 999) / 1000;
-    let mut s = Status::resource_exhausted(format!("{what}: rate limit exceeded; retry in {ms} ms"));
+    let mut s =
+        Status::resource_exhausted(format!("{what}: rate limit exceeded; retry in {ms} ms"));
     let md = s.metadata_mut();
     if let Ok(v) = ((ms + 999) / 1000).to_string().parse() {
         md.insert("retry-after", v);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -62,11 +62,15 @@ pub async fn serve(l: Listener, front: FrontService, shutdown: CancellationToken
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
+        .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)
         .max_header_list_size(MAX_HEADER_LIST)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    builder.http1().max_buf_size(MAX_HEADER_LIST as usize * 2);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_HEADER_LIST as usize * 2);
     let builder = Arc::new(builder);
     let acceptor = TlsAcceptor::from(l.tls);
     let graceful = GracefulShutdown::new();
@@ -95,7 +99,9 @@ pub async fn serve(l: Listener, front: FrontService, shutdown: CancellationToken
                 req.extensions_mut().insert(ClientAddr(remote));
                 stack.clone().oneshot(req)
             });
-            let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }

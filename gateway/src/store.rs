@@ -80,7 +80,6 @@ macro_rules! on_db {
     };
 }
 
-
 type UserTuple = (String, String, String, Option<String>, Option<String>, i64);
 
 fn user_of(r: UserTuple) -> UserRow {
@@ -243,7 +242,8 @@ impl Store {
     /// Consumes a join token: its worker id if it existed and had not
     /// expired. A token works once.
     pub async fn take_join_token(&self, hash: &str, now_ms: i64) -> Result<Option<String>> {
-        let sql = "DELETE FROM gw_join_tokens WHERE token_hash = $1 RETURNING worker_id, expire_time";
+        let sql =
+            "DELETE FROM gw_join_tokens WHERE token_hash = $1 RETURNING worker_id, expire_time";
         let row: Option<(String, i64)> = on_db!(&self.db, |p| sqlx::query_as(sql)
             .bind(hash)
             .fetch_optional(p)

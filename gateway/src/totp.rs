@@ -17,7 +17,9 @@ pub fn new_secret() -> String {
 }
 
 pub fn otpauth_uri(issuer: &str, user: &str, secret: &str) -> String {
-    format!("otpauth://totp/{issuer}:{user}?secret={secret}&issuer={issuer}&algorithm=SHA1&digits=6&period=30")
+    format!(
+        "otpauth://totp/{issuer}:{user}?secret={secret}&issuer={issuer}&algorithm=SHA1&digits=6&period=30"
+    )
 }
 
 /// The code for `secret` at unix time `now_s`.
@@ -40,7 +42,8 @@ pub fn verify(secret: &str, code: &str, now_s: i64) -> bool {
         return false;
     }
     [-STEP_S, 0, STEP_S].iter().any(|d| {
-        code_at(secret, now_s + d).is_some_and(|c| crate::tokens::constant_time_eq(c.as_bytes(), code.as_bytes()))
+        code_at(secret, now_s + d)
+            .is_some_and(|c| crate::tokens::constant_time_eq(c.as_bytes(), code.as_bytes()))
     })
 }
 

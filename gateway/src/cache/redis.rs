@@ -251,7 +251,14 @@ impl Cache for RedisCache {
         let key = self.revoked_key();
         let _: i64 = self
             .client
-            .zadd(&key, None, Some(Ordering::GreaterThan), false, false, (until_ms as f64, entry))
+            .zadd(
+                &key,
+                None,
+                Some(Ordering::GreaterThan),
+                false,
+                false,
+                (until_ms as f64, entry),
+            )
             .await
             .map_err(err)?;
         let _: i64 = self
