@@ -368,7 +368,7 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
 
 /// Creates, publishes and deploys as needed: safe to repeat.
 pub async fn apply(
-    c: &mut pb::agent_registry_client::AgentRegistryClient<tonic::transport::Channel>,
+    c: &mut pb::agent_registry_client::AgentRegistryClient<crate::connect::Conn>,
     m: &Manifest,
     deploy: bool,
 ) -> anyhow::Result<()> {

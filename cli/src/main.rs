@@ -3,6 +3,8 @@
 mod agent;
 mod bench;
 mod connect;
+mod credentials;
+mod login;
 mod manifest;
 mod output;
 mod pki;
@@ -79,6 +81,38 @@ enum Command {
         #[arg(long)]
         slots: Option<u32>,
     },
+    /// Serve the gateway: gRPC and grpc-web, logins, RBAC, rate limits, audit.
+    Gateway {
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        /// sqlite:... or postgres://... (users and the audit log).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// redis://host:port for sessions and rate limits; none: in-process.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// host:port of the registry.
+        #[arg(long)]
+        registry: Option<String>,
+        /// host:port of the scheduler.
+        #[arg(long)]
+        scheduler: Option<String>,
+    },
+    /// Log in through the gateway; client commands then use its tokens.
+    Login(login::LoginArgs),
+    /// End this session and forget its tokens.
+    Logout,
+    /// Who the gateway says you are.
+    Whoami,
+    /// Your sessions: list, revoke one, revoke all others.
+    #[command(subcommand)]
+    Sessions(login::SessionsCmd),
+    /// Users (admins).
+    #[command(subcommand)]
+    User(login::UserCmd),
+    /// The audit log of mutating calls.
+    Audit(login::AuditArgs),
     /// Workflows: submit, store, list.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCmd),
@@ -134,6 +168,10 @@ fn start_service(
         devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
     }
     Ok((config, shutdown))
+}
+
+async fn clients(src: &Sources) -> anyhow::Result<connect::Clients> {
+    connect::Clients::new(load_config(src, Config::default(), vec![])?).await
 }
 
 fn load_config(
@@ -235,30 +273,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, shutdown) = start_service(&src, flags)?;
             devcycle_executor::serve(&config, shutdown).await
         }
+        Command::Gateway {
+            listen,
+            database_url,
+            redis_url,
+            registry,
+            scheduler,
+        } => {
+            let flags = string_flags([
+                ("gateway.listen", listen),
+                ("gateway.database_url", database_url),
+                ("gateway.redis_url", redis_url),
+                ("gateway.registry", registry),
+                ("gateway.scheduler", scheduler),
+            ]);
+            let (config, shutdown) = start_service(&src, flags)?;
+            devcycle_gateway::serve(&config, shutdown).await
+        }
+        Command::Login(args) => {
+            let config = load_config(&src, Config::default(), vec![])?;
+            login::login(&config, args).await
+        }
+        Command::Logout => login::logout(load_config(&src, Config::default(), vec![])?).await,
+        Command::Whoami => {
+            let clients = clients(&src).await?;
+            login::whoami(&clients, json).await
+        }
+        Command::Sessions(cmd) => {
+            let clients = clients(&src).await?;
+            login::sessions(cmd, &clients, json).await
+        }
+        Command::User(cmd) => {
+            let clients = clients(&src).await?;
+            login::users(cmd, &clients, json).await
+        }
+        Command::Audit(args) => {
+            let clients = clients(&src).await?;
+            login::audit(args, &clients, json).await
+        }
         Command::Workflow(cmd) => {
-            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            let clients = clients(&src).await?;
             workflow::run_workflow(cmd, &clients, json).await
         }
         Command::Run(cmd) => {
-            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            let clients = clients(&src).await?;
             workflow::run_run(cmd, &clients, json).await
         }
         Command::Task(cmd) => {
-            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            let clients = clients(&src).await?;
             workflow::run_task(cmd, &clients, json).await
         }
         Command::Dlq(cmd) => {
-            let clients = connect::Clients::new(load_config(&src, Config::default(), vec![])?)?;
+            let clients = clients(&src).await?;
             workflow::run_dlq(cmd, &clients, json).await
         }
         Command::Agent(cmd) => {
-            let config = load_config(&src, Config::default(), vec![])?;
-            let clients = connect::Clients::new(config)?;
+            let clients = clients(&src).await?;
             agent::run(cmd, &clients, json).await
         }
         Command::Worker(cmd) => {
-            let config = load_config(&src, Config::default(), vec![])?;
-            let clients = connect::Clients::new(config)?;
+            let clients = clients(&src).await?;
             agent::run_worker(cmd, &clients, json).await
         }
         Command::Bench(args) => bench::run(args, json).await,

@@ -27,6 +27,9 @@ pub struct UpArgs {
     /// host:port of the executor's control plane.
     #[arg(long)]
     executor_listen: Option<String>,
+    /// host:port of the gateway (gRPC and grpc-web).
+    #[arg(long)]
+    gateway_listen: Option<String>,
     /// Run examples/workflows/ci.yaml on examples/samples/calc and show it.
     #[arg(long)]
     demo: bool,
@@ -39,6 +42,7 @@ impl UpArgs {
             ("registry.listen", &self.registry_listen),
             ("scheduler.listen", &self.scheduler_listen),
             ("executor.listen", &self.executor_listen),
+            ("gateway.listen", &self.gateway_listen),
         ] {
             if let Some(l) = v {
                 flags.push((key, serde_json::Value::from(l.as_str())));
@@ -98,11 +102,21 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
     };
     let executor = devcycle_executor::start(opts, shutdown.clone()).await?;
 
-    // Clients in this process reach the services where they really listen.
+    config.gateway.registry = registry.addr.to_string();
+    config.gateway.scheduler = scheduler.addr.to_string();
+    let listener = bind("gateway", config.gateway.listen).await?;
+    // The gateway shares the scheduler's in-process bus only in spirit: its
+    // audit events stay in this process too.
+    let bus = devcycle_scheduler::bus_from_config(&config)?;
+    let opts = devcycle_gateway::Options::from_config(&config, listener, bus, &shutdown).await?;
+    let gateway = devcycle_gateway::start(opts, shutdown.clone()).await?;
+
+    // Clients in this process reach the services where they really listen,
+    // directly over mTLS.
     config.client.registry = registry.addr.to_string();
     config.client.scheduler = scheduler.addr.to_string();
     config.client.executor = executor.addr.to_string();
-    let clients = Clients::new(config.clone())?;
+    let clients = Clients::direct(config.clone())?;
     let agents = register_agents(&clients, Path::new(&config.executor.agent_dir)).await;
 
     println!("devcycle is up (data in {})", config.data_dir.display());
@@ -120,14 +134,20 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
         "  executor   {}  as spiffe://{}/worker/{}  ({isolation})",
         executor.addr, config.trust_domain, config.executor.worker_id
     );
+    println!(
+        "  gateway    {}  gRPC and grpc-web over TLS (CA {})",
+        gateway.addr,
+        dir.join("ca.pem").display()
+    );
     if !config.metrics.listen.is_empty() {
         println!("  metrics    http://{}/metrics", config.metrics.listen);
     }
-    println!(
-        "  you are    {} (certificates in {})",
-        config.client_identity()?,
-        dir.display()
-    );
+    match &gateway.bootstrap_token {
+        Some(token) => println!(
+            "  first admin: devcycle login --username admin --bootstrap {token}\n             (this token works once; it makes the first admin with the password you choose)"
+        ),
+        None => println!("  log in     devcycle login --username <you>"),
+    }
     match agents {
         Ok(n) if n > 0 => println!("  agents     {n} shipped agents registered and live"),
         Ok(_) => {}
@@ -135,7 +155,7 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "next: devcycle workflow submit examples/workflows/ci.yaml --input repo=$PWD/examples/samples/calc --follow"
+        "next: (after logging in) devcycle workflow submit examples/workflows/ci.yaml --input repo=$PWD/examples/samples/calc --follow"
     );
     println!("stop with Ctrl-C");
 
@@ -146,10 +166,11 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
         }
     }
 
-    let (r, s, x) = tokio::join!(registry.task, scheduler.task, executor.task);
+    let (r, s, x, g) = tokio::join!(registry.task, scheduler.task, executor.task, gateway.task);
     r??;
     s??;
     x??;
+    g??;
     Ok(())
 }
 

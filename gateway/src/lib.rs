@@ -349,3 +349,23 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         bootstrap_token,
     })
 }
+
+/// Serves the gateway as configured until `shutdown`.
+pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("gateway.listen: cannot listen on {}", config.gateway.listen))?;
+    let bus = if config.kafka.brokers.is_empty() {
+        Arc::new(devcycle::bus::InProcessBus::default()) as Arc<dyn EventBus>
+    } else {
+        Arc::new(devcycle::bus::KafkaBus::new(&config.kafka.brokers, &[])?)
+    };
+    let opts = Options::from_config(config, listener, bus, &shutdown).await?;
+    let running = start(opts, shutdown).await?;
+    if let Some(token) = &running.bootstrap_token {
+        eprintln!(
+            "no users yet: create the first admin with `devcycle login --username admin --bootstrap {token}`"
+        );
+    }
+    running.task.await?
+}

@@ -334,6 +334,8 @@ pub struct RunFilter {
     pub created_before: Option<i64>,
     /// Page cursor: runs created before this one (ids are time-ordered).
     pub before: Option<String>,
+    /// Only runs submitted by this actor (`user/<name>`).
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

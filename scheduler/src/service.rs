@@ -181,6 +181,31 @@ impl SchedulerService {
         self.fetch_run(run_id).await
     }
 
+    /// Fails as if the run did not exist when `scope` may not see it.
+    async fn check_owner(&self, scope: &Option<String>, run_id: &str) -> Result<()> {
+        let Some(owner) = scope else {
+            return Ok(());
+        };
+        match self.store.get_run(run_id).await? {
+            Some((run, _)) if run.created_by == *owner => Ok(()),
+            _ => Err(Error::NotFound(format!("run {run_id} does not exist"))),
+        }
+    }
+
+    async fn check_task_owner(&self, scope: &Option<String>, task_id: &str) -> Result<()> {
+        if scope.is_none() {
+            return Ok(());
+        }
+        let t = self
+            .store
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))?;
+        self.check_owner(scope, &t.run_id)
+            .await
+            .map_err(|_| Error::NotFound(format!("task {task_id} does not exist")))
+    }
+
     async fn fetch_run(&self, run_id: &str) -> Result<pb::Run> {
         let (run, tasks) = self
             .store
@@ -230,6 +255,19 @@ struct Start<'a> {
     key: &'a str,
     workflow_name: String,
     wait: bool,
+}
+
+/// Whose runs the caller may see and change: everyone's, except for end
+/// users (through the gateway) whose roles include none of admin,
+/// maintainer or viewer — they see only runs they submitted.
+fn owner_scope<T>(req: &Request<T>) -> Option<String> {
+    let caller = Caller::of(req).ok()?;
+    let p = caller.principal.as_ref()?;
+    let broad = p
+        .roles
+        .iter()
+        .any(|r| matches!(r.as_str(), "admin" | "maintainer" | "viewer"));
+    (!broad).then(|| caller.actor())
 }
 
 fn dedupe(agents: &[Arc<reg::AgentVersion>]) -> Vec<Arc<reg::AgentVersion>> {
@@ -427,10 +465,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let id = &req.get_ref().run_id;
                 check_id("run_id", id)?;
+                self.check_owner(&scope, id).await?;
                 Ok(pb::GetRunResponse {
                     run: Some(self.fetch_run(id).await?),
                 })
@@ -443,6 +483,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let r = req.into_inner();
@@ -467,6 +508,7 @@ impl Scheduler for SchedulerService {
                         r.created_before.as_ref(),
                     )?,
                     before,
+                    created_by: scope,
                 };
                 let mut runs = self.store.list_runs(&filter, size + 1).await?;
                 let next_page_token = page::finish(&mut runs, size, |r| r.id.clone());
@@ -483,11 +525,13 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let r = req.into_inner();
                 check_id("run_id", &r.run_id)?;
                 validate::max_bytes("reason", &r.reason, 1024)?;
+                self.check_owner(&scope, &r.run_id).await?;
                 self.op(Op::CancelRun {
                     run_id: r.run_id.clone(),
                     reason: r.reason,
@@ -507,10 +551,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let r = req.into_inner();
                 check_id("run_id", &r.run_id)?;
+                self.check_owner(&scope, &r.run_id).await?;
                 if r.after_sequence < 0 {
                     return Err(FieldError::new("after_sequence", "must not be negative").into());
                 }
@@ -540,10 +586,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let id = &req.get_ref().task_id;
                 check_id("task_id", id)?;
+                self.check_task_owner(&scope, id).await?;
                 let t = self
                     .store
                     .get_task(id)
@@ -561,11 +609,17 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let r = req.into_inner();
                 if !r.run_id.is_empty() {
                     check_id("run_id", &r.run_id)?;
+                    self.check_owner(&scope, &r.run_id).await?;
+                } else if scope.is_some() {
+                    return Err(Error::PermissionDenied(
+                        "run_id: required: your role lists the tasks of your own runs only".into(),
+                    ));
                 }
                 let size = page::page_size(r.page_size)?;
                 let filter = TaskFilter {
@@ -589,10 +643,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::RetryTaskRequest>,
     ) -> Result<Response<pb::RetryTaskResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let id = req.into_inner().task_id;
                 check_id("task_id", &id)?;
+                self.check_task_owner(&scope, &id).await?;
                 Ok(pb::RetryTaskResponse {
                     task: Some(self.retry(id).await?),
                 })
@@ -605,10 +661,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::GetTaskLogsRequest>,
     ) -> Result<Response<pb::GetTaskLogsResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
                 let r = req.into_inner();
                 check_id("task_id", &r.task_id)?;
+                self.check_task_owner(&scope, &r.task_id).await?;
                 if r.limit < 0 {
                     return Err(FieldError::new("limit", "must not be negative").into());
                 }
@@ -640,8 +698,14 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let scope = owner_scope(&req);
         respond(
             async {
+                if scope.is_some() {
+                    return Err(Error::PermissionDenied(
+                        "the dead-letter queue spans every user's runs: it needs the viewer, maintainer or admin role".into(),
+                    ));
+                }
                 let r = req.into_inner();
                 let size = page::page_size(r.page_size)?;
                 let filter = TaskFilter {

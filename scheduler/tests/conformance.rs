@@ -731,4 +731,10 @@ async fn logs_workflows_and_listing(s: Store) {
         ..Default::default()
     };
     assert!(s.list_runs(&running, 10).await.unwrap().is_empty());
+    let by = |who: &str| RunFilter {
+        created_by: Some(who.into()),
+        ..Default::default()
+    };
+    assert_eq!(s.list_runs(&by("user/test"), 10).await.unwrap().len(), 5);
+    assert!(s.list_runs(&by("user/other"), 10).await.unwrap().is_empty());
 }

@@ -152,13 +152,16 @@ drain_ms = 2000
         cluster
     }
 
-    fn command(&self, log: &str) -> (Command, PathBuf) {
+    pub fn command(&self, log: &str) -> (Command, PathBuf) {
         let log = self.data.path().join(log);
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&self.config_path)
             .env("DEVCYCLE_CLIENT__REGISTRY", &self.registry)
             .env("DEVCYCLE_CLIENT__SCHEDULER", &self.scheduler)
+            // These tests speak to the services directly over mTLS; the
+            // gateway's tests log in.
+            .env("DEVCYCLE_CLIENT__DIRECT", "true")
             .env_remove("RUST_LOG")
             .current_dir(repo())
             .stdin(Stdio::null())

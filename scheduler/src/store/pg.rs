@@ -629,7 +629,8 @@ impl SchedulerStore for PgStore {
     async fn list_runs(&self, f: &RunFilter, limit: usize) -> Result<Vec<RunRow>> {
         sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select(
             "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR workflow = $2) AND create_time >= $3 \
-             AND create_time < $4 AND ($5 = '' OR id < $5) ORDER BY id DESC LIMIT $6",
+             AND create_time < $4 AND ($5 = '' OR id < $5) AND ($7 = '' OR created_by = $7) \
+             ORDER BY id DESC LIMIT $6",
         )))
         .bind(f.state.map(|s| s.as_str()).unwrap_or(""))
         .bind(f.workflow.as_deref().unwrap_or(""))
@@ -637,6 +638,7 @@ impl SchedulerStore for PgStore {
         .bind(f.created_before.unwrap_or(i64::MAX))
         .bind(f.before.as_deref().unwrap_or(""))
         .bind(limit as i64)
+        .bind(f.created_by.as_deref().unwrap_or(""))
         .fetch_all(&self.pool)
         .await?
         .into_iter()

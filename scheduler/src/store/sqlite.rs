@@ -721,7 +721,7 @@ impl SchedulerStore for SqliteStore {
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {RUN_COLUMNS} FROM sched_runs WHERE (?1 = '' OR state = ?1) AND (?2 = '' OR workflow = ?2) \
                      AND create_time >= ?3 AND create_time < ?4 AND (?5 = '' OR id < ?5) \
-                     ORDER BY id DESC LIMIT ?6"
+                     AND (?7 = '' OR created_by = ?7) ORDER BY id DESC LIMIT ?6"
                 ))?;
                 let recs = stmt
                     .query_map(
@@ -731,7 +731,8 @@ impl SchedulerStore for SqliteStore {
                             f.created_after.unwrap_or(i64::MIN),
                             f.created_before.unwrap_or(i64::MAX),
                             f.before.as_deref().unwrap_or(""),
-                            limit as i64
+                            limit as i64,
+                            f.created_by.as_deref().unwrap_or("")
                         ],
                         run_record,
                     )?

@@ -1,0 +1,398 @@
+//! The mesh through its front door: a plain gRPC client, a browser-style
+//! grpc-web client and the CLI each log in at the gateway and run a
+//! workflow; ownership keeps developers to their own runs.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::*;
+use devcycle::proto::auth::v1 as auth;
+use devcycle::proto::scheduler::v1 as pb;
+use devcycle::tls::MeshConnector;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+const PASSWORD: &str = "a long enough password";
+
+struct Front {
+    addr: String,
+    ca_pem: String,
+    _stop: StopOnDrop,
+}
+
+struct StopOnDrop(CancellationToken);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+async fn gateway(cluster: &Cluster) -> Front {
+    let mut config = cluster.config.clone();
+    config.gateway.registry = cluster.registry.clone();
+    config.gateway.scheduler = cluster.scheduler.clone();
+    config.gateway.admin_password = PASSWORD.into();
+    config.gateway.allowed_origins = vec!["https://ci.example.com".into()];
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bus = Arc::new(devcycle::bus::InProcessBus::default());
+    let opts = devcycle_gateway::Options::from_config(&config, listener, bus, &stop)
+        .await
+        .unwrap();
+    let running = devcycle_gateway::start(opts, stop.clone()).await.unwrap();
+    Front {
+        addr: running.addr.to_string(),
+        ca_pem: std::fs::read_to_string(config.tls_dir().join("ca.pem")).unwrap(),
+        _stop: StopOnDrop(stop),
+    }
+}
+
+impl Front {
+    fn channel(&self) -> Channel {
+        let tls = devcycle::tls::public_client_config(&self.ca_pem).unwrap();
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_with_connector_lazy(MeshConnector::with_config(tls))
+    }
+
+    async fn login(&self, user: &str) -> String {
+        auth::auth_client::AuthClient::new(self.channel())
+            .login(auth::LoginRequest {
+                username: user.into(),
+                password: PASSWORD.into(),
+                device: "e2e".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token
+    }
+
+    async fn create_user(&self, admin: &str, name: &str, role: auth::Role) {
+        auth::auth_client::AuthClient::new(self.channel())
+            .create_user(bearer(
+                auth::CreateUserRequest {
+                    name: name.into(),
+                    password: PASSWORD.into(),
+                    roles: vec![role as i32],
+                },
+                admin,
+            ))
+            .await
+            .unwrap();
+    }
+
+    fn scheduler(&self) -> pb::scheduler_client::SchedulerClient<Channel> {
+        pb::scheduler_client::SchedulerClient::new(self.channel())
+    }
+
+    /// One grpc-web unary call over HTTP/1.1, as a browser makes it.
+    async fn grpc_web<M: Message, R: Message + Default>(
+        &self,
+        method: &str,
+        msg: &M,
+        token: Option<&str>,
+    ) -> Result<R, (i32, String)> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .http1_only()
+            .build()
+            .unwrap();
+        let mut body = BytesMut::new();
+        body.put_u8(0);
+        body.put_u32(msg.encoded_len() as u32);
+        msg.encode(&mut body).unwrap();
+        let port = self.addr.rsplit(':').next().unwrap();
+        let mut req = http
+            .post(format!("https://127.0.0.1:{port}{method}"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .header("origin", "https://ci.example.com")
+            .body(body.freeze());
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(
+            res.headers().get("access-control-allow-origin").unwrap(),
+            "https://ci.example.com"
+        );
+        let mut status = res
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().parse::<i32>().unwrap());
+        let mut message = String::new();
+        let mut bytes: Bytes = res.bytes().await.unwrap();
+        let mut reply = None;
+        while bytes.remaining() >= 5 {
+            let flag = bytes.get_u8();
+            let len = bytes.get_u32() as usize;
+            let frame = bytes.split_to(len);
+            if flag & 0x80 == 0 {
+                reply = Some(R::decode(frame).unwrap());
+                continue;
+            }
+            for line in String::from_utf8_lossy(&frame).split("\r\n") {
+                match line.split_once(':') {
+                    Some(("grpc-status", v)) => status = v.trim().parse().ok(),
+                    Some(("grpc-message", v)) => message = v.trim().to_owned(),
+                    _ => {}
+                }
+            }
+        }
+        match (status, reply) {
+            (Some(0), Some(r)) => Ok(r),
+            (s, _) => Err((s.unwrap_or(-1), message)),
+        }
+    }
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn hello(who: &str) -> pb::SubmitRunRequest {
+    let text = std::fs::read_to_string(repo().join("examples/workflows/hello.yaml")).unwrap();
+    pb::SubmitRunRequest {
+        workflow: Some(pb::submit_run_request::Workflow::Spec(
+            devcycle_scheduler::spec_file::parse(&text).unwrap(),
+        )),
+        inputs: [("who".to_owned(), format!("\"{who}\""))].into(),
+        wait: true,
+        wait_timeout_ms: 60_000,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_grpc_web_and_cli_clients_log_in_and_run_a_workflow_through_the_gateway() {
+    let cluster = Cluster::start(true).await;
+    cluster.apply("examples/agents/echo.yaml");
+    cluster.apply("examples/agents/noop.yaml");
+    let _executor = cluster.spawn_executor("gw-1", 4);
+    let front = gateway(&cluster).await;
+
+    // gRPC: log in, then run as a developer.
+    let admin = front.login("admin").await;
+    front
+        .create_user(&admin, "dana", auth::Role::Developer)
+        .await;
+    front
+        .create_user(&admin, "eve", auth::Role::Developer)
+        .await;
+    front.create_user(&admin, "vic", auth::Role::Viewer).await;
+    let dana = front.login("dana").await;
+    let run = front
+        .scheduler()
+        .submit_run(bearer(hello("grpc"), &dana))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:#?}");
+    assert_eq!(run.created_by, "user/dana");
+    // Without a token the scheduler is out of reach.
+    let e = front.scheduler().submit_run(hello("x")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // Ownership: another developer neither sees nor cancels dana's run.
+    let eve = front.login("eve").await;
+    let get = |t: &str| {
+        bearer(
+            pb::GetRunRequest {
+                run_id: run.id.clone(),
+            },
+            t,
+        )
+    };
+    let e = front.scheduler().get_run(get(&eve)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = front
+        .scheduler()
+        .cancel_run(bearer(
+            pb::CancelRunRequest {
+                run_id: run.id.clone(),
+                reason: "mine now".into(),
+            },
+            &eve,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let listed = front
+        .scheduler()
+        .list_runs(bearer(pb::ListRunsRequest::default(), &eve))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty(), "{listed:?}");
+    let e = front
+        .scheduler()
+        .list_tasks(bearer(pb::ListTasksRequest::default(), &eve))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // A viewer reads every run but changes none; the owner and admins read it.
+    let vic = front.login("vic").await;
+    front.scheduler().get_run(get(&vic)).await.unwrap();
+    let e = front
+        .scheduler()
+        .submit_run(bearer(hello("viewer"), &vic))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    front.scheduler().get_run(get(&dana)).await.unwrap();
+    front.scheduler().get_run(get(&admin)).await.unwrap();
+
+    // grpc-web, as a browser: log in, run, read the run back.
+    let login: auth::LoginResponse = front
+        .grpc_web(
+            "/devcycle.auth.v1.Auth/Login",
+            &auth::LoginRequest {
+                username: "dana".into(),
+                password: PASSWORD.into(),
+                device: "browser".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let submitted: pb::SubmitRunResponse = front
+        .grpc_web(
+            "/devcycle.scheduler.v1.Scheduler/SubmitRun",
+            &hello("web"),
+            Some(&login.access_token),
+        )
+        .await
+        .unwrap();
+    let web_run = submitted.run.unwrap();
+    assert_eq!(
+        web_run.state,
+        pb::RunState::Succeeded as i32,
+        "{web_run:#?}"
+    );
+    let got: pb::GetRunResponse = front
+        .grpc_web(
+            "/devcycle.scheduler.v1.Scheduler/GetRun",
+            &pb::GetRunRequest {
+                run_id: web_run.id.clone(),
+            },
+            Some(&login.access_token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.run.unwrap().tasks.len(), 4);
+    let denied = front
+        .grpc_web::<_, pb::GetRunResponse>(
+            "/devcycle.scheduler.v1.Scheduler/GetRun",
+            &pb::GetRunRequest { run_id: web_run.id },
+            Some(&eve),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(denied.0, Code::NotFound as i32, "{denied:?}");
+
+    // The CLI, through the gateway by default: login, run, whoami, logout.
+    let gw_cli = |args: &[&str], stdin: Option<&str>| {
+        let (mut cmd, _) = cluster.command(&format!("gwcli-{}.log", uuid::Uuid::new_v4().simple()));
+        cmd.env("DEVCYCLE_CLIENT__DIRECT", "false")
+            .env("DEVCYCLE_CLIENT__GATEWAY", &front.addr)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let out = gw_cli(&["whoami"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+    let out = gw_cli(
+        &["login", "--username", "dana", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds = cluster.data.path().join("credentials.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = gw_cli(&["whoami"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("dana (developer)"));
+    let out = gw_cli(
+        &[
+            "workflow",
+            "submit",
+            "examples/workflows/hello.yaml",
+            "--input",
+            "who=cli",
+            "--follow",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw_cli(&["sessions", "list"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("*"));
+    let out = gw_cli(&["audit"], None);
+    assert!(
+        !out.status.success(),
+        "developers may not read the audit log"
+    );
+    let out = gw_cli(&["logout"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!creds.exists());
+
+    // The audit log saw it all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = auth::audit_client::AuditClient::new(front.channel())
+        .list_audit_events(bearer(
+            auth::ListAuditEventsRequest {
+                actor: "dana".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.method.ends_with("/SubmitRun") && e.status_code == "OK"),
+        "{events:#?}"
+    );
+}
