@@ -111,6 +111,7 @@ fn start_mesh(args: &BenchArgs) -> anyhow::Result<Mesh> {
             "127.0.0.1:0",
         ])
         .args(["--executor-listen", "127.0.0.1:0"])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .env("DEVCYCLE_TRUST_DOMAIN", &trust_domain)
         .env("DEVCYCLE_METRICS__LISTEN", "")
         .env("DEVCYCLE_LOG__FILTER", "warn")

@@ -451,7 +451,7 @@ impl pb::auth_server::Auth for AuthService {
         let claims = req
             .extensions()
             .get::<crate::principal::Authenticated>()
-            .map(|a| a.0.clone());
+            .map(|a| a.0.claims.clone());
         let r = req.into_inner();
         validate::required("csr_pem", &r.csr_pem).map_err(invalid)?;
         validate::max_bytes("csr_pem", &r.csr_pem, MAX_CSR_BYTES).map_err(invalid)?;

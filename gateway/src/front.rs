@@ -20,12 +20,13 @@ use tonic::{Code, Status};
 
 use crate::audit::Recorder;
 use crate::cache::{Bucket, Cache};
-use crate::jwt::{ACCESS_TYP, Claims, Verifier};
+use crate::jwt::{ACCESS_TYP, Verifier};
 use crate::principal::{Authenticated, BootstrapCredential, ClientAddr, rate_limited};
 use crate::proxy::Routes;
 use crate::rbac::{self, Access, Roles, Rule};
 use crate::revocation::{Revocations, Revoked};
 use crate::store::AuditRow;
+use crate::verified::{TokenCache, Verified};
 
 /// Rate of one kind of bucket: a request every `interval_us`, `burst` at once.
 #[derive(Debug, Clone, Copy)]
@@ -48,13 +49,14 @@ pub struct Front {
     pub cache: Arc<dyn Cache>,
     pub recorder: Recorder,
     pub routes: Routes,
+    tokens: TokenCache,
     last_fail_open_warning: AtomicI64,
 }
 
 /// What admission decided about a request.
 struct Admitted {
     rule: &'static Rule,
-    claims: Option<Claims>,
+    principal: Option<Arc<Verified>>,
     bootstrap: Option<String>,
 }
 
@@ -74,6 +76,7 @@ impl Front {
             cache,
             recorder,
             routes,
+            tokens: TokenCache::default(),
             last_fail_open_warning: AtomicI64::new(0),
         })
     }
@@ -113,10 +116,10 @@ impl Front {
                 Err(status) => return status.into_http(),
             }
         };
-        forwarded_headers(&mut parts.headers, admitted.claims.as_ref());
+        forwarded_headers(&mut parts.headers, admitted.principal.as_deref());
         parts.extensions.insert(ClientAddr(remote));
-        if let Some(c) = &admitted.claims {
-            parts.extensions.insert(Authenticated(c.clone()));
+        if let Some(p) = &admitted.principal {
+            parts.extensions.insert(Authenticated(Arc::clone(p)));
         }
         if let Some(b) = admitted.bootstrap {
             parts.extensions.insert(BootstrapCredential(b));
@@ -127,9 +130,9 @@ impl Front {
             return res;
         }
         let actor = admitted
-            .claims
+            .principal
             .as_ref()
-            .map(|c| c.subject.clone())
+            .map(|p| p.claims.subject.clone())
             .unwrap_or_else(|| "anonymous".into());
         let row = self.audit_row(&method, &target, &actor, remote);
         audited(res, self.recorder.clone(), row)
@@ -180,14 +183,14 @@ impl Front {
         };
         let mut admitted = Admitted {
             rule,
-            claims: None,
+            principal: None,
             bootstrap: None,
         };
         match credential {
             Credential::None => {}
             Credential::Bootstrap(b) => admitted.bootstrap = Some(b),
             Credential::Bearer(token) => match self.authenticate(&token).await {
-                Ok(c) => admitted.claims = Some(c),
+                Ok(p) => admitted.principal = Some(p),
                 Err(s) => {
                     self.limit(&[address]).await?;
                     return Err(s);
@@ -195,10 +198,10 @@ impl Front {
             },
         }
         authorize(method, rule, &admitted)?;
-        match &admitted.claims {
-            Some(c) => {
+        match &admitted.principal {
+            Some(p) => {
                 let principal = Bucket {
-                    key: format!("p:{}", c.subject),
+                    key: p.bucket.clone(),
                     interval_us: self.config.per_principal.interval_us,
                     burst: self.config.per_principal.burst,
                 };
@@ -209,15 +212,26 @@ impl Front {
         Ok(admitted)
     }
 
-    async fn authenticate(&self, token: &str) -> Result<Claims, Status> {
+    async fn authenticate(&self, token: &str) -> Result<Arc<Verified>, Status> {
         let now = devcycle::time::now_ms() / 1000;
-        let claims = self
-            .verifier
-            .verify(token, ACCESS_TYP, now)
-            .await
-            .map_err(|e| Status::unauthenticated(format!("authorization: {}", e.0)))?;
-        match self.revocations.check(&claims.jti, &claims.session) {
-            Ok(()) => Ok(claims),
+        let verified = match self.tokens.get(token, now, self.verifier.leeway_s) {
+            Some(v) => v,
+            None => {
+                let claims = self
+                    .verifier
+                    .verify(token, ACCESS_TYP, now)
+                    .await
+                    .map_err(|e| Status::unauthenticated(format!("authorization: {}", e.0)))?;
+                let v = Arc::new(Verified::new(claims));
+                self.tokens.insert(token, Arc::clone(&v));
+                v
+            }
+        };
+        match self
+            .revocations
+            .check(&verified.claims.jti, &verified.claims.session)
+        {
+            Ok(()) => Ok(verified),
             Err(Revoked::Token) => Err(Status::unauthenticated(
                 "authorization: token revoked (logged out)",
             )),
@@ -319,7 +333,7 @@ fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Status> {
 }
 
 fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
-    let roles = a.claims.as_ref().map(|c| Roles::of(&c.roles));
+    let roles = a.principal.as_ref().map(|p| p.roles);
     let allowed = match (rule.access, roles) {
         (Access::Public, _) => return Ok(()),
         (Access::AdminOrBootstrap, _) if a.bootstrap.is_some() => return Ok(()),
@@ -341,9 +355,9 @@ fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
     } else {
         Err(Status::permission_denied(format!(
             "{method}: not allowed for roles {:?}",
-            a.claims
+            a.principal
                 .as_ref()
-                .map(|c| c.roles.join(","))
+                .map(|p| p.claims.roles.join(","))
                 .unwrap_or_default()
         )))
     }
@@ -351,20 +365,15 @@ fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
 
 /// Headers as the owning service must see them: the gateway's principal
 /// metadata, no client credentials, no HTTP/1.1 connection headers.
-fn forwarded_headers(h: &mut HeaderMap, claims: Option<&Claims>) {
+fn forwarded_headers(h: &mut HeaderMap, principal: Option<&Verified>) {
     h.remove(http::header::AUTHORIZATION);
     h.remove(http::header::HOST);
     h.remove(http::header::CONNECTION);
     h.remove(http::header::COOKIE);
-    if let Some(c) = claims {
-        let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
-            if let Ok(v) = HeaderValue::from_str(v) {
-                h.insert(k, v);
-            }
-        };
-        set(h, devcycle::authz::SUBJECT_HEADER, &c.subject);
-        set(h, devcycle::authz::ROLES_HEADER, &c.roles.join(","));
-        set(h, devcycle::authz::SESSION_HEADER, &c.session);
+    if let Some(p) = principal {
+        for (k, v) in &p.headers {
+            h.insert(*k, v.clone());
+        }
     }
 }
 

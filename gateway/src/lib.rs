@@ -17,6 +17,7 @@ mod serve;
 pub mod store;
 pub mod tokens;
 pub mod totp;
+pub mod verified;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -198,6 +199,23 @@ impl Options {
     }
 }
 
+/// A JWK as RFC 7517 JSON: empty members left out.
+fn jwk_json(k: &pb::Jwk) -> serde_json::Map<String, serde_json::Value> {
+    [
+        ("kty", &k.kty),
+        ("crv", &k.crv),
+        ("kid", &k.kid),
+        ("alg", &k.alg),
+        ("x", &k.x),
+        ("y", &k.y),
+        ("use", &k.r#use),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v.as_str())))
+    .collect()
+}
+
 /// Creates the first admin, or the one-time token that may.
 async fn bootstrap(
     store: &Store,
@@ -320,12 +338,16 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         recorder,
         routes,
     );
+    let jwks = serde_json::json!({
+        "keys": [serde_json::to_value(jwk_json(&opts.signer.public().to_jwk()))?]
+    });
     let listener = serve::Listener {
         listener: opts.listener,
         tls: opts.tls.public_server_config(&[b"h2", b"http/1.1"]),
         origins,
         max_concurrent_streams: opts.max_concurrent_streams,
         drain: opts.drain,
+        jwks: jwks.to_string().into(),
     };
     tracing::info!(%addr, "gateway serving gRPC and grpc-web");
     let task = tokio::spawn(async move {

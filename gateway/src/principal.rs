@@ -7,10 +7,11 @@ use devcycle::validate::FieldError;
 use tonic::Status;
 
 use crate::jwt::Claims;
+use crate::verified::Verified;
 
 /// A verified token's holder.
 #[derive(Debug, Clone)]
-pub struct Authenticated(pub Claims);
+pub struct Authenticated(pub std::sync::Arc<Verified>);
 
 /// Where the request came from.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +45,7 @@ pub fn rate_limited(what: &str, wait_us: i64) -> Status {
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Claims, Status> {
     req.extensions()
         .get::<Authenticated>()
-        .map(|a| &a.0)
+        .map(|a| &a.0.claims)
         .ok_or_else(|| Status::unauthenticated("authorization: a bearer token is required"))
 }
 

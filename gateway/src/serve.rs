@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use http::{HeaderName, HeaderValue, Method, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,6 +31,8 @@ pub struct Listener {
     pub origins: Vec<HeaderValue>,
     pub max_concurrent_streams: u32,
     pub drain: Duration,
+    /// `{"keys": [...]}`, served at `GET /.well-known/jwks.json`.
+    pub jwks: bytes::Bytes,
 }
 
 fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
@@ -52,6 +55,21 @@ fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
             h("retry-after-ms"),
         ])
         .max_age(Duration::from_secs(600))
+}
+
+fn jwks_response(jwks: &bytes::Bytes) -> http::Response<tonic::body::Body> {
+    let mut res = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+        jwks.clone(),
+    )));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    res
 }
 
 pub async fn serve(l: Listener, front: FrontService, shutdown: CancellationToken) {
@@ -88,6 +106,7 @@ pub async fn serve(l: Listener, front: FrontService, shutdown: CancellationToken
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, builder, stack) = (acceptor.clone(), builder.clone(), stack.clone());
+        let jwks = l.jwks.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -96,8 +115,11 @@ pub async fn serve(l: Listener, front: FrontService, shutdown: CancellationToken
                 Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
             };
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                if req.method() == Method::GET && req.uri().path() == "/.well-known/jwks.json" {
+                    return Either::Left(std::future::ready(Ok(jwks_response(&jwks))));
+                }
                 req.extensions_mut().insert(ClientAddr(remote));
-                stack.clone().oneshot(req)
+                Either::Right(stack.clone().oneshot(req))
             });
             let conn = builder
                 .serve_connection(TokioIo::new(tls), svc)

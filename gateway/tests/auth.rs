@@ -553,3 +553,45 @@ async fn mutating_calls_are_audited_stored_and_published() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_by_size() {
+    let gw = gateway().await;
+    let admin = gw.admin().await;
+    // The harness allows 64 KiB messages.
+    let e = gw
+        .auth()
+        .create_user(bearer(
+            pb::CreateUserRequest {
+                name: "big".into(),
+                password: "x".repeat(100 * 1024),
+                roles: vec![pb::Role::Viewer as i32],
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().starts_with("request"), "{e:?}");
+}
+
+#[tokio::test]
+async fn the_jwks_is_served_over_plain_https_too() {
+    let gw = gateway().await;
+    let res = gw
+        .http()
+        .get(format!(
+            "https://127.0.0.1:{}/.well-known/jwks.json",
+            gw.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    let key = &v["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["kid"], gw.signer.public().kid.as_str());
+    let parsed = devcycle_gateway::jwt::PublicKey::from_jwk(key).unwrap();
+    assert_eq!(&parsed, gw.signer.public());
+}

@@ -83,7 +83,8 @@ impl RedisCache {
                 c.max_command_attempts = 1;
             })
             .build()?;
-        let _ = client.connect();
+        // The connection task runs on its own; dropping its handle detaches it.
+        drop(client.connect());
         Ok(Self {
             client,
             prefix: prefix.to_owned(),
