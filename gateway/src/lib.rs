@@ -316,8 +316,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         ],
     );
     for r in &opts.routes {
-        let ch = devcycle::client::channel(&opts.tls, &r.addr, r.id.clone())?;
-        routes = routes.remote(r.service, ch);
+        let upstream = proxy::Upstream::new(&opts.tls, &r.addr, r.id.clone());
+        routes = routes.remote(r.service, upstream);
     }
     let origins = opts
         .origins
