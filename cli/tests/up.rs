@@ -1,5 +1,6 @@
-//! What a newcomer does: `devcycle up`, then register, publish, deploy and
-//! roll back agents with the CLI, over mTLS with the certificates `up` made.
+//! What a newcomer does: `devcycle up`, create the first admin with the
+//! one-time token it prints, then register, publish, deploy and roll back
+//! agents with the CLI, through the gateway.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,7 +11,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_devcycle");
 
 struct Up {
     child: Child,
+    /// The gateway's address.
     addr: String,
+    /// Printed while there are no users.
+    bootstrap: Option<String>,
 }
 
 impl Drop for Up {
@@ -22,7 +26,8 @@ impl Drop for Up {
 
 fn up(data: &Path) -> Up {
     let mut child = Command::new(BIN)
-        .args(["up", "--registry-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["up", "--registry-listen", "127.0.0.1:0"])
+        .args(["--gateway-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .env("DEVCYCLE_METRICS__LISTEN", "")
         .env("RUST_LOG", "warn")
@@ -31,28 +36,55 @@ fn up(data: &Path) -> Up {
         .expect("spawn devcycle up");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
+    let (mut addr, mut bootstrap) = (None, None);
+    loop {
         let line = lines
             .next()
             .expect("devcycle up printed its addresses")
             .expect("read stdout");
-        if let Some(rest) = line.trim().strip_prefix("registry") {
-            break rest.split_whitespace().next().expect("address").to_owned();
+        let line = line.trim();
+        if line.starts_with("stop with Ctrl-C") {
+            break;
         }
-    };
+        if let Some(rest) = line.strip_prefix("gateway") {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some((_, token)) = line.split_once("--bootstrap ") {
+            bootstrap = token.split_whitespace().next().map(str::to_owned);
+        }
+    }
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Up { child, addr }
+    Up {
+        child,
+        addr: addr.expect("the gateway's address"),
+        bootstrap,
+    }
 }
 
 fn cli(data: &Path, addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
+    cli_in(data, addr, args, "")
+}
+
+fn cli_in(data: &Path, addr: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(data)
         .args(args)
-        .env("DEVCYCLE_CLIENT__REGISTRY", addr)
-        .output()
+        .env("DEVCYCLE_CLIENT__GATEWAY", addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run devcycle");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("run devcycle");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -75,6 +107,27 @@ fn up_then_register_publish_deploy_and_roll_back() {
     };
     let reviewer = examples().join("reviewer.yaml");
     let triage = examples().join("triage.yaml");
+
+    // Nothing without logging in; the bootstrap token makes the first admin.
+    let (success, _, err) = cli(data.path(), &mesh.addr, &["agent", "list"]);
+    assert!(!success);
+    assert!(err.contains("not logged in"), "{err}");
+    let login = [
+        "login",
+        "--username",
+        "admin",
+        "--password-stdin",
+        "--bootstrap",
+        mesh.bootstrap
+            .as_deref()
+            .expect("no users yet: a bootstrap token"),
+    ];
+    let (success, out, err) = cli_in(data.path(), &mesh.addr, &login, "first admin password\n");
+    assert!(success, "{err}");
+    assert!(out.contains("logged in"), "{out}");
+    let (success, _, _) = cli_in(data.path(), &mesh.addr, &login, "another password!\n");
+    assert!(!success, "the bootstrap token works once");
+    assert!(ok(&["whoami"]).starts_with("admin (admin)"));
 
     // Order matters: triage depends on a live reviewer.
     let (success, _, err) = cli(
@@ -155,8 +208,12 @@ fn up_then_register_publish_deploy_and_roll_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // Data survives a restart.
+    // Data survives a restart, users included (no new bootstrap token).
     let mesh = up(data.path());
+    assert!(mesh.bootstrap.is_none());
+    let login = ["login", "--username", "admin", "--password-stdin"];
+    let (success, _, err) = cli_in(data.path(), &mesh.addr, &login, "first admin password\n");
+    assert!(success, "{err}");
     let (success, out, err) = cli(data.path(), &mesh.addr, &["agent", "get", "triage"]);
     assert!(success, "{err}");
     assert!(out.contains("live version: 1.0.0"), "{out}");

@@ -509,7 +509,7 @@ impl pb::auth_server::Auth for AuthService {
             n if n > 86_400 => return Err(invalid(FieldError::new("ttl_s", "at most 86400"))),
             n => n,
         };
-        let token = format!("{}{}", random_id(), random_id());
+        let token = format!("dcj_{}{}", random_id(), random_id());
         let expire = now_ms() + i64::from(ttl) * 1000;
         self.store
             .create_join_token(&digest(&token), &r.worker_id, expire, &by)

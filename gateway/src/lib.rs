@@ -225,8 +225,9 @@ async fn bootstrap(
         return Ok(None);
     }
     let Some(password) = admin_password else {
+        // The prefix keeps it from ever looking like a command-line flag.
         return Ok(Some(format!(
-            "{}{}",
+            "dcb_{}{}",
             tokens::random_id(),
             tokens::random_id()
         )));
