@@ -465,10 +465,16 @@ impl GatewayConfig {
             ));
         }
         for (i, e) in self.external_issuers.iter().enumerate() {
-            if e.issuer.is_empty() || e.audience.is_empty() || !e.jwks_url.starts_with("http") {
+            if e.issuer.is_empty()
+                || e.audience.is_empty()
+                || e.subject_prefix.is_empty()
+                || !e.jwks_url.starts_with("http")
+            {
                 return Err(invalid(
                     "gateway.external_issuers",
-                    format!("entry {i}: issuer, audience and an http(s) jwks_url are required"),
+                    format!(
+                        "entry {i}: issuer, audience, subject_prefix (keeping its users apart from local ones) and an http(s) jwks_url are required"
+                    ),
                 ));
             }
         }

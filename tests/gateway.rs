@@ -208,8 +208,23 @@ async fn grpc_grpc_web_and_cli_clients_log_in_and_run_a_workflow_through_the_gat
     let e = front.scheduler().submit_run(hello("x")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 
-    // Ownership: another developer neither sees nor cancels dana's run.
+    // Ownership: another developer neither sees nor cancels dana's run,
+    // nor reaches it through its idempotency key.
+    let mut keyed = hello("keyed");
+    keyed.idempotency_key = "dana-key".into();
+    front
+        .scheduler()
+        .submit_run(bearer(keyed.clone(), &dana))
+        .await
+        .unwrap();
     let eve = front.login("eve").await;
+    let e = front
+        .scheduler()
+        .submit_run(bearer(keyed, &eve))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with("idempotency_key"), "{e:?}");
     let get = |t: &str| {
         bearer(
             pb::GetRunRequest {

@@ -80,6 +80,14 @@ async fn write_loop(
         }
         let mut delay = Duration::from_millis(100);
         while let Err(e) = store.insert_audit(&batch).await {
+            if !matches!(e, crate::store::StoreError::Unavailable(_)) {
+                // Retrying cannot help a batch the database refuses; it
+                // would only stop every later event.
+                metrics::counter!("devcycle_gateway_audit_dropped_total")
+                    .increment(batch.len() as u64);
+                tracing::error!(error = %e, lost = batch.len(), "audit events refused by the database");
+                break;
+            }
             tracing::warn!(error = %e, "cannot store audit events; retrying");
             if cancel.is_cancelled() && delay > Duration::from_secs(2) {
                 tracing::error!(lost = batch.len(), "giving up on audit events at shutdown");

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::cache::{Bucket, Cache, Rotation, SessionRecord};
 use crate::jwt::{Claims, REFRESH_TYP, Verifier};
 use crate::principal::{BootstrapCredential, caller, client_addr, invalid, rate_limited};
-use crate::revocation::{Revocations, jti_entry, session_entry};
+use crate::revocation::{Revocations, Revoked, jti_entry, session_entry};
 use crate::store::{Store, UserRow};
 use crate::tokens::{Minter, digest, random_id};
 use crate::{password, totp};
@@ -122,6 +122,53 @@ impl AuthService {
             .ok_or_else(|| Status::unauthenticated("user no longer exists"))
     }
 
+    /// Counts a password or code guess for `user` against the login limit.
+    async fn charge_guess(&self, user: &str) -> Result<(), Status> {
+        let bucket = Bucket {
+            key: format!("login:{user}"),
+            interval_us: LOGIN_INTERVAL.as_micros() as i64,
+            burst: LOGIN_BURST,
+        };
+        let d = self
+            .cache
+            .rate(&[bucket], now_ms() * 1000)
+            .await
+            .map_err(unavailable)?;
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(rate_limited("attempts for this user", d.retry_after_us))
+        }
+    }
+
+    async fn insert_user(
+        &self,
+        name: String,
+        password: String,
+        roles: Vec<String>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let row = UserRow {
+            name: name.clone(),
+            password_hash: password::hash(password)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?,
+            roles,
+            totp_secret: None,
+            totp_pending: None,
+            create_ms: now_ms(),
+        };
+        self.store.create_user(&row).await.map_err(|e| match e {
+            crate::store::StoreError::Exists => {
+                Status::already_exists(format!("name: user {name:?} exists"))
+            }
+            e => e.into(),
+        })?;
+        *self.bootstrap.lock() = None;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(user_pb(&row)),
+        }))
+    }
+
     /// Ends a session and revokes it in every replica.
     async fn end_session(&self, id: &str) -> Result<bool, Status> {
         let until = now_ms() + (self.minter.life.access_s + 60) * 1000;
@@ -189,22 +236,7 @@ impl pb::auth_server::Auth for AuthService {
             )));
         }
         validate::max_bytes("device", &r.device, 128).map_err(invalid)?;
-        let bucket = Bucket {
-            key: format!("login:{}", r.username),
-            interval_us: LOGIN_INTERVAL.as_micros() as i64,
-            burst: LOGIN_BURST,
-        };
-        let d = self
-            .cache
-            .rate(&[bucket], now_ms() * 1000)
-            .await
-            .map_err(unavailable)?;
-        if !d.allowed {
-            return Err(rate_limited(
-                "login attempts for this user",
-                d.retry_after_us,
-            ));
-        }
+        self.charge_guess(&r.username).await?;
         let user = self.store.user(&r.username).await?;
         let ok = password::verify(r.password, user.as_ref().map(|u| u.password_hash.clone())).await;
         let (true, Some(user)) = (ok, user) else {
@@ -240,6 +272,21 @@ impl pb::auth_server::Auth for AuthService {
             .verify(&r.refresh_token, REFRESH_TYP, now)
             .await
             .map_err(|e| Status::unauthenticated(format!("refresh_token: {}", e.0)))?;
+        match self.revocations.check("", &claims.session) {
+            Ok(()) => {}
+            Err(Revoked::Unknown) => {
+                return Err(Status::unavailable("revocation list not loaded yet"));
+            }
+            Err(_) => return Err(Status::unauthenticated("refresh_token: session revoked")),
+        }
+        // Everything that can fail is done before the rotation: a failure
+        // after it would leave the client holding a token that now counts
+        // as reused.
+        let user = self
+            .store
+            .user(&claims.subject)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("user no longer exists"))?;
         let next = self
             .minter
             .refresh(&claims.subject, &claims.session, now, claims.exp);
@@ -269,11 +316,6 @@ impl pb::auth_server::Auth for AuthService {
                 ));
             }
         }
-        let user = self
-            .store
-            .user(&claims.subject)
-            .await?
-            .ok_or_else(|| Status::unauthenticated("user no longer exists"))?;
         let access = self
             .minter
             .access(&user.name, &user.roles, &claims.session, now);
@@ -423,6 +465,7 @@ impl pb::auth_server::Auth for AuthService {
         let Some(secret) = user.totp_secret else {
             return Err(Status::failed_precondition("TOTP is not enabled"));
         };
+        self.charge_guess(&user.name).await?;
         if !totp::verify(&secret, &code, Self::now_s()) {
             return Err(invalid(FieldError::new("code", "wrong code")));
         }
@@ -467,6 +510,9 @@ impl pb::auth_server::Auth for AuthService {
                 "this gateway holds no CA key (gateway.ca_key), so it cannot issue certificates",
             ));
         };
+        // A bad CSR must not burn a one-time join token.
+        CertificateAuthority::check_csr(&r.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
         let id = if !r.worker_join_token.is_empty() {
             validate::max_bytes("worker_join_token", &r.worker_join_token, 128).map_err(invalid)?;
             let worker = self
@@ -483,6 +529,16 @@ impl pb::auth_server::Auth for AuthService {
                     "authorization: a bearer token or worker_join_token is required",
                 )
             })?;
+            // Services let any `user/*` peer write directly over mTLS, with no
+            // gateway principal to scope it: only roles that may make every
+            // such write through the gateway get a certificate.
+            let trusted = c.issuer == self.minter.issuer
+                && c.roles.iter().any(|r| r == "admin" || r == "maintainer");
+            if !trusted {
+                return Err(Status::permission_denied(
+                    "user certificates are for local admins and maintainers; other roles use the gateway",
+                ));
+            }
             SpiffeId::new(&self.trust_domain, Kind::User, &c.subject)
         }
         .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
@@ -529,43 +585,43 @@ impl pb::auth_server::Auth for AuthService {
         validate::user_name("name", &r.name).map_err(invalid)?;
         check_password("password", &r.password)?;
         let roles = roles_of("roles", &r.roles)?;
+        // The bootstrap token is taken out before any await, so concurrent
+        // requests with it cannot each create an admin; it is put back if
+        // this one fails.
+        let mut taken = None;
         if let Some(BootstrapCredential(presented)) = bootstrap {
-            let expected = self.bootstrap.lock().clone();
-            let matches = expected.is_some_and(|e| {
-                crate::tokens::constant_time_eq(e.as_bytes(), presented.as_bytes())
-            });
-            if !matches || self.store.user_count().await? > 0 {
-                return Err(Status::permission_denied(
-                    "authorization: the bootstrap token is wrong or already used",
-                ));
-            }
             if !roles.iter().any(|r| r == "admin") {
                 return Err(invalid(FieldError::new(
                     "roles",
                     "the first user must be an admin",
                 )));
             }
-        }
-        let row = UserRow {
-            name: r.name.clone(),
-            password_hash: password::hash(r.password)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?,
-            roles,
-            totp_secret: None,
-            totp_pending: None,
-            create_ms: now_ms(),
-        };
-        self.store.create_user(&row).await.map_err(|e| match e {
-            crate::store::StoreError::Exists => {
-                Status::already_exists(format!("name: user {:?} exists", r.name))
+            let denied = || {
+                Status::permission_denied(
+                    "authorization: the bootstrap token is wrong or already used",
+                )
+            };
+            {
+                let mut slot = self.bootstrap.lock();
+                let matches = slot.as_ref().is_some_and(|e| {
+                    crate::tokens::constant_time_eq(e.as_bytes(), presented.as_bytes())
+                });
+                if !matches {
+                    return Err(denied());
+                }
+                taken = slot.take();
             }
-            e => e.into(),
-        })?;
-        *self.bootstrap.lock() = None;
-        Ok(Response::new(pb::CreateUserResponse {
-            user: Some(user_pb(&row)),
-        }))
+            let users = self.store.user_count().await;
+            if !matches!(users, Ok(0)) {
+                *self.bootstrap.lock() = taken;
+                return Err(users.map_or_else(Status::from, |_| denied()));
+            }
+        }
+        let result = self.insert_user(r.name, r.password, roles).await;
+        if result.is_err() && taken.is_some() {
+            *self.bootstrap.lock() = taken;
+        }
+        result
     }
 
     async fn list_users(
@@ -628,6 +684,7 @@ impl pb::auth_server::Auth for AuthService {
         let user = self.local_user(&c).await?;
         let r = req.into_inner();
         check_password("new_password", &r.new_password)?;
+        self.charge_guess(&user.name).await?;
         if !password::verify(r.current_password, Some(user.password_hash.clone())).await {
             return Err(Status::permission_denied(
                 "current_password: wrong password",

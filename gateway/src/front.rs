@@ -93,8 +93,11 @@ impl Front {
         let admitted = match self.admit(&method, req.headers(), has_query, remote).await {
             Ok(a) => a,
             Err(status) => {
+                // Refusals by rate limit are counted, not audited: a flood
+                // would otherwise crowd real events out of the audit queue.
                 if let Some(rule) = rbac::rule(&method)
                     && rule.mutating
+                    && status.code() != Code::ResourceExhausted
                 {
                     self.audit_now(&method, "", "anonymous", remote, status.code());
                 }
@@ -222,7 +225,9 @@ impl Front {
                     .verify(token, ACCESS_TYP, now)
                     .await
                     .map_err(|e| Status::unauthenticated(format!("authorization: {}", e.0)))?;
-                let v = Arc::new(Verified::new(claims));
+                let v = Arc::new(Verified::new(claims).ok_or_else(|| {
+                    Status::unauthenticated("authorization: claims that cannot be forwarded")
+                })?);
                 self.tokens.insert(token, Arc::clone(&v));
                 v
             }
@@ -404,7 +409,10 @@ fn target_of(frame: &[u8], paths: &[rbac::TargetPath]) -> String {
     if frame.len() < 5 || frame[0] != 0 {
         return String::new();
     }
-    let msg = &frame[5..];
+    let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+    let Some(msg) = frame.get(5..5 + len) else {
+        return String::new();
+    };
     for path in paths {
         let mut cur = msg;
         let found = path.iter().all(|f| match field(cur, *f) {
@@ -415,15 +423,19 @@ fn target_of(frame: &[u8], paths: &[rbac::TargetPath]) -> String {
             None => false,
         });
         if found && let Ok(s) = std::str::from_utf8(cur) {
-            return s.chars().take(256).collect();
+            // Stored and printed: no control characters (PostgreSQL refuses
+            // NUL, terminals obey escapes).
+            return s.chars().filter(|c| !c.is_control()).take(256).collect();
         }
     }
     String::new()
 }
 
-/// The bytes of length-delimited field `number` in a protobuf message.
+/// The bytes of length-delimited field `number` in a protobuf message; the
+/// last occurrence, as protobuf parsers read it.
 fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
     use prost::encoding::decode_varint;
+    let mut found = None;
     while buf.has_remaining() {
         let key = decode_varint(&mut buf).ok()?;
         match key & 7 {
@@ -435,7 +447,7 @@ fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
                 let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
                 let v = buf.get(..len)?;
                 if key >> 3 == u64::from(number) {
-                    return Some(v);
+                    found = Some(v);
                 }
                 buf = &buf[len..];
             }
@@ -443,7 +455,7 @@ fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
             _ => return None,
         }
     }
-    None
+    found
 }
 
 pub fn code_name(code: Code) -> &'static str {
@@ -589,19 +601,32 @@ mod tests {
             run_id: "r-1".into(),
             reason: "x".into(),
         };
-        let mut frame = vec![0u8, 0, 0, 0, 0];
-        frame.extend(req.encode_to_vec());
-        assert_eq!(target_of(&frame, &[&[1]]), "r-1");
+        let frame = |m: Vec<u8>| {
+            let mut f = vec![0u8];
+            f.extend((m.len() as u32).to_be_bytes());
+            f.extend(m);
+            f
+        };
+        assert_eq!(target_of(&frame(req.encode_to_vec()), &[&[1]]), "r-1");
+        // The last occurrence wins, as in protobuf; control characters go.
+        let mut twice = req.encode_to_vec();
+        twice.extend(
+            devcycle::proto::scheduler::v1::CancelRunRequest {
+                run_id: "r-2\0\x1b[2J".into(),
+                reason: String::new(),
+            }
+            .encode_to_vec(),
+        );
+        assert_eq!(target_of(&frame(twice), &[&[1]]), "r-2[2J");
         let agent = devcycle::proto::registry::v1::CreateAgentRequest {
             agent: Some(devcycle::proto::registry::v1::Agent {
                 name: "lint".into(),
                 ..Default::default()
             }),
         };
-        let mut frame = vec![0u8, 0, 0, 0, 0];
-        frame.extend(agent.encode_to_vec());
-        assert_eq!(target_of(&frame, &[&[1, 1]]), "lint");
-        assert_eq!(target_of(&frame, &[&[7]]), "");
+        let f = frame(agent.encode_to_vec());
+        assert_eq!(target_of(&f, &[&[1, 1]]), "lint");
+        assert_eq!(target_of(&f, &[&[7]]), "");
         assert_eq!(target_of(&[1, 0, 0, 0, 0, 10, 1, 65], &[&[1]]), "");
     }
 }

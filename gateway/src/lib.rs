@@ -261,12 +261,15 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         opts.revocation_sync,
         shutdown.clone(),
     ));
-    let verifier = Arc::new(Verifier::new(
+    let mut verifier = Verifier::new(
         opts.issuer.clone(),
         opts.audience.clone(),
         vec![opts.signer.public().clone()],
         opts.external.clone(),
-    ));
+    );
+    verifier.max_access_s = opts.life.access_s;
+    verifier.max_refresh_s = opts.life.absolute_s;
+    let verifier = Arc::new(verifier);
     let audit_stop = CancellationToken::new();
     let (recorder, audit_task) = audit::Recorder::start(
         store.clone(),

@@ -9,7 +9,12 @@ pub const MIN_LEN: usize = 12;
 /// Longest password accepted, so hashing cost stays bounded.
 pub const MAX_LEN: usize = 1024;
 
+/// Hashes at once; each takes 19 MiB, so a burst of logins queues here
+/// instead of exhausting memory.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 pub async fn hash(password: String) -> anyhow::Result<String> {
+    let _permit = HASHING.acquire().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
@@ -23,6 +28,9 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 /// Whether `password` matches `stored`. With no stored hash (unknown user)
 /// a dummy hash is still checked, so timing does not reveal which users exist.
 pub async fn verify(password: String, stored: Option<String>) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let dummy = dummy_hash();
         let stored = stored.as_deref().unwrap_or(dummy);

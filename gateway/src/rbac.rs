@@ -40,6 +40,15 @@ impl Roles {
         })
     }
 
+    /// The names of the roles in this set.
+    pub fn names(self) -> Vec<&'static str> {
+        ALL_ROLE_NAMES
+            .iter()
+            .filter(|n| Roles::parse(n).is_some_and(|r| self.intersects(r)))
+            .copied()
+            .collect()
+    }
+
     /// The set of known role names in `names`; unknown names grant nothing.
     pub fn of<S: AsRef<str>>(names: &[S]) -> Roles {
         names

@@ -30,24 +30,27 @@ pub struct Verified {
 }
 
 impl Verified {
-    pub fn new(claims: Claims) -> Self {
+    /// `None` when the principal cannot be forwarded faithfully.
+    pub fn new(claims: Claims) -> Option<Self> {
+        let roles = Roles::of(&claims.roles);
+        // Only the names of roles the gateway recognised travel on, so a
+        // claim like "viewer,admin" cannot turn into two roles downstream.
+        let names = roles.names().join(",");
         let mut headers = Vec::with_capacity(3);
         for (k, v) in [
             (devcycle::authz::SUBJECT_HEADER, claims.subject.clone()),
-            (devcycle::authz::ROLES_HEADER, claims.roles.join(",")),
+            (devcycle::authz::ROLES_HEADER, names),
             (devcycle::authz::SESSION_HEADER, claims.session.clone()),
         ] {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.push((k, v));
-            }
+            headers.push((k, HeaderValue::from_str(&v).ok()?));
         }
-        Self {
-            roles: Roles::of(&claims.roles),
+        Some(Self {
+            roles,
             bucket: format!("p:{}", claims.subject),
             headers,
             claims,
             cached_at: Instant::now(),
-        }
+        })
     }
 }
 
@@ -72,5 +75,30 @@ impl TokenCache {
             m.clear();
         }
         m.insert(token.into(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_recognised_role_names_are_forwarded() {
+        let v = Verified::new(Claims {
+            subject: "eve".into(),
+            roles: vec!["developer".into(), "viewer,admin".into(), "root".into()],
+            session: "s1".into(),
+            jti: "j1".into(),
+            exp: 0,
+            issuer: "i".into(),
+        })
+        .unwrap();
+        let roles = v
+            .headers
+            .iter()
+            .find(|(k, _)| *k == devcycle::authz::ROLES_HEADER)
+            .unwrap();
+        assert_eq!(roles.1, "developer");
+        assert_eq!(v.roles, Roles::DEVELOPER);
     }
 }

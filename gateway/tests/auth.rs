@@ -372,6 +372,22 @@ async fn a_token_and_a_csr_become_a_client_certificate() {
     .unwrap();
     assert_eq!(tls.id().to_string(), issued.spiffe_id);
 
+    // Only admins and maintainers get user certificates: services let any
+    // user/* peer write directly.
+    let viewer = gw.user("vee", &[pb::Role::Viewer]).await;
+    let e = gw
+        .auth()
+        .issue_certificate(bearer(
+            pb::IssueCertificateRequest {
+                csr_pem: csr.clone(),
+                ..Default::default()
+            },
+            &viewer.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
     // Without a token: refused. With a worker join token: a worker identity, once.
     let e = gw
         .auth()
@@ -399,6 +415,17 @@ async fn a_token_and_a_csr_become_a_client_certificate() {
         worker_join_token: join.token.clone(),
         ..Default::default()
     };
+    // A bad CSR does not burn the join token.
+    let e = gw
+        .auth()
+        .issue_certificate(pb::IssueCertificateRequest {
+            csr_pem: "not a csr".into(),
+            worker_join_token: join.token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     let w = gw
         .auth()
         .issue_certificate(req())

@@ -70,13 +70,6 @@ async fn cache(url: &str) -> Arc<dyn Cache> {
     Arc::new(c)
 }
 
-async fn whoami(gw: &Gateway, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    gw.auth()
-        .who_am_i(bearer(pb::WhoAmIRequest {}, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// Polls `f` until it holds, for at most `within`.
 async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, mut f: F) -> Duration {
     let start = Instant::now();
@@ -104,16 +97,16 @@ async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
 
     // A logout on one replica is honoured by the other within a second.
     let t1 = a.admin().await;
-    assert_eq!(whoami(&b, &t1.access_token).await.unwrap().subject, "admin");
+    assert_eq!(b.whoami(&t1.access_token).await.unwrap().subject, "admin");
     a.auth()
         .logout(bearer(pb::LogoutRequest {}, &t1.access_token))
         .await
         .unwrap();
     let took = eventually(Duration::from_secs(1), async || {
-        matches!(whoami(&b, &t1.access_token).await, Err(e) if e.code() == Code::Unauthenticated)
+        matches!(b.whoami( &t1.access_token).await, Err(e) if e.code() == Code::Unauthenticated)
     })
     .await;
-    let e = whoami(&b, &t1.access_token).await.unwrap_err();
+    let e = b.whoami(&t1.access_token).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?} after {took:?}");
 
     // Redis goes away.
@@ -129,14 +122,14 @@ async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
 
     for gw in [&a, &b] {
         // Revoked tokens stay refused.
-        let e = whoami(gw, &revoked.access_token).await.unwrap_err();
+        let e = gw.whoami(&revoked.access_token).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-        let e = whoami(gw, &t1.access_token).await.unwrap_err();
+        let e = gw.whoami(&t1.access_token).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     }
     // Rate limits fail open: far past the burst of 3, every call passes.
     for _ in 0..8 {
-        whoami(&a, &live.access_token).await.unwrap();
+        a.whoami(&live.access_token).await.unwrap();
     }
     // Logins and refreshes need the session store.
     let e = a
@@ -177,13 +170,13 @@ async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
     // Rate limits are enforced again.
     let mut limited = false;
     for _ in 0..6 {
-        if let Err(e) = whoami(&b, &fresh.access_token).await {
+        if let Err(e) = b.whoami(&fresh.access_token).await {
             assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
             limited = true;
         }
     }
     assert!(limited, "rate limits apply again");
     // What was revoked before the outage is still refused.
-    let e = whoami(&a, &revoked.access_token).await.unwrap_err();
+    let e = a.whoami(&revoked.access_token).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }

@@ -37,15 +37,8 @@ fn signed(gw: &Gateway, header: &Value, claims: &Value) -> String {
         .sign_raw(header.to_string().as_bytes(), claims.to_string().as_bytes())
 }
 
-async fn whoami(gw: &Gateway, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    gw.auth()
-        .who_am_i(bearer(pb::WhoAmIRequest {}, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
 async fn refused(gw: &Gateway, token: &str, why: &str) {
-    let e = whoami(gw, token).await.expect_err(why);
+    let e = gw.whoami(token).await.expect_err(why);
     assert_eq!(e.code(), Code::Unauthenticated, "{why}: {e:?}");
 }
 
@@ -59,7 +52,7 @@ async fn well_formed_tokens_pass_and_every_malformed_one_is_refused() {
     let gw = gateway().await;
     let h = header(&gw);
     // The control: a correct token is accepted.
-    let me = whoami(&gw, &signed(&gw, &h, &claims())).await.unwrap();
+    let me = gw.whoami(&signed(&gw, &h, &claims())).await.unwrap();
     assert_eq!(me.subject, "admin");
 
     // alg none, unsigned.
@@ -149,7 +142,7 @@ async fn well_formed_tokens_pass_and_every_malformed_one_is_refused() {
     let mut c = claims();
     c["exp"] = json!(now() - 10);
     assert!(
-        whoami(&gw, &signed(&gw, &h, &c)).await.is_ok(),
+        gw.whoami(&signed(&gw, &h, &c)).await.is_ok(),
         "within the leeway"
     );
     let mut c = claims();
@@ -254,7 +247,7 @@ async fn credentials_in_the_url_and_client_identity_metadata_are_refused() {
 async fn logout_revokes_the_token_and_refresh_rotates_with_reuse_detection() {
     let gw = gateway().await;
     let login = gw.admin().await;
-    assert!(whoami(&gw, &login.access_token).await.is_ok());
+    assert!(gw.whoami(&login.access_token).await.is_ok());
     gw.auth()
         .logout(bearer(pb::LogoutRequest {}, &login.access_token))
         .await
@@ -280,7 +273,7 @@ async fn logout_revokes_the_token_and_refresh_rotates_with_reuse_detection() {
         .unwrap()
         .into_inner();
     assert_ne!(first.refresh_token, login.refresh_token);
-    assert!(whoami(&gw, &first.access_token).await.is_ok());
+    assert!(gw.whoami(&first.access_token).await.is_ok());
     // Reusing the rotated token revokes the whole session.
     let e = gw
         .auth()
@@ -493,7 +486,7 @@ async fn unknown_kids_of_an_external_issuer_cause_no_refetch_storm() {
         h.to_string().as_bytes(),
         ext_claims("alice").to_string().as_bytes(),
     );
-    let me = whoami(&gw, &token).await.unwrap();
+    let me = gw.whoami(&token).await.unwrap();
     assert_eq!(me.subject, "idp-alice");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     // Fifty tokens with made-up kids, concurrently: at most one refetch.

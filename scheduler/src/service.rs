@@ -181,6 +181,22 @@ impl SchedulerService {
         self.fetch_run(run_id).await
     }
 
+    /// An idempotency key that names another user's run must not hand that
+    /// run to a caller who may only see their own.
+    async fn check_key_owner(&self, caller: &Caller, started: &Started) -> Result<()> {
+        let scope = scope_of(caller);
+        if started.created || scope.is_none() {
+            return Ok(());
+        }
+        self.check_owner(&scope, &started.run_id)
+            .await
+            .map_err(|_| {
+                Error::FailedPrecondition(
+                    "idempotency_key: already names a run submitted by another user".into(),
+                )
+            })
+    }
+
     /// Fails as if the run did not exist when `scope` may not see it.
     async fn check_owner(&self, scope: &Option<String>, run_id: &str) -> Result<()> {
         let Some(owner) = scope else {
@@ -261,7 +277,10 @@ struct Start<'a> {
 /// users (through the gateway) whose roles include none of admin,
 /// maintainer or viewer — they see only runs they submitted.
 fn owner_scope<T>(req: &Request<T>) -> Option<String> {
-    let caller = Caller::of(req).ok()?;
+    scope_of(Caller::of(req).ok()?)
+}
+
+fn scope_of(caller: &Caller) -> Option<String> {
     let p = caller.principal.as_ref()?;
     let broad = p
         .roles
@@ -397,6 +416,7 @@ impl Scheduler for SchedulerService {
                     wait: r.wait,
                 };
                 let started = self.start(&caller, start).await?;
+                self.check_key_owner(&caller, &started).await?;
                 let created = started.created;
                 let run = self.answer(started, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitRunResponse {
@@ -450,6 +470,7 @@ impl Scheduler for SchedulerService {
                     )),
                     other => other,
                 })?;
+                self.check_key_owner(&caller, &started).await?;
                 let created = started.created;
                 let run = self.answer(started, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitTaskResponse {

@@ -127,6 +127,13 @@ impl CertificateAuthority {
         })
     }
 
+    /// Whether `csr_pem` is a PKCS#10 request this CA could sign.
+    pub fn check_csr(csr_pem: &str) -> Result<(), TlsError> {
+        CertificateSigningRequestParams::from_pem(csr_pem)
+            .map(|_| ())
+            .map_err(|e| TlsError::Csr(e.to_string()))
+    }
+
     /// Signs a PKCS#10 request into a client SVID for `id`, ignoring whatever
     /// names the request asked for. Returns the certificate PEM.
     pub fn sign_csr(

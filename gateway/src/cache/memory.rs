@@ -64,6 +64,18 @@ fn now_ms() -> i64 {
 impl Cache for MemoryCache {
     async fn put_session(&self, s: &SessionRecord, idle_ms: i64) -> Result<(), CacheError> {
         let mut st = self.state.lock();
+        if st.sessions.len() >= SWEEP_AT {
+            let now = now_ms();
+            let dead: Vec<String> = st
+                .sessions
+                .iter()
+                .filter(|(_, l)| !l.alive(now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in dead {
+                st.remove(&id);
+            }
+        }
         st.by_user
             .entry(s.user.clone())
             .or_default()

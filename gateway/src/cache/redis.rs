@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use fred::types::sorted_sets::Ordering;
 
 use super::{Bucket, Cache, CacheError, RateDecision, Rotation, SessionRecord};
@@ -16,6 +17,9 @@ pub struct RedisCache {
     client: Client,
     /// Prepended to every key, so several meshes (or tests) share a server.
     prefix: String,
+    /// Sent by digest (EVALSHA), loaded again if the server lost them.
+    rotate: Script,
+    gcra: Script,
 }
 
 const ROTATE: &str = r#"
@@ -88,6 +92,8 @@ impl RedisCache {
         Ok(Self {
             client,
             prefix: prefix.to_owned(),
+            rotate: Script::from_lua(ROTATE),
+            gcra: Script::from_lua(GCRA),
         })
     }
 
@@ -189,7 +195,11 @@ impl Cache for RedisCache {
             now_ms.to_string(),
             idle_ms.to_string(),
         ];
-        let r: i64 = self.client.eval(ROTATE, keys, args).await.map_err(err)?;
+        let r: i64 = self
+            .rotate
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(err)?;
         match r {
             1 => match self.load(id).await? {
                 Some(s) => Ok(Rotation::Rotated(s)),
@@ -291,7 +301,11 @@ impl Cache for RedisCache {
             args.push(b.interval_us.to_string());
             args.push(b.burst.max(1).to_string());
         }
-        let wait: i64 = self.client.eval(GCRA, keys, args).await.map_err(err)?;
+        let wait: i64 = self
+            .gcra
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(err)?;
         Ok(RateDecision {
             allowed: wait <= 0,
             retry_after_us: wait.max(0),

@@ -157,6 +157,13 @@ impl Gateway {
         devcycle::proto::auth::v1::audit_client::AuditClient::new(self.channel())
     }
 
+    pub async fn whoami(&self, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
+        self.auth()
+            .who_am_i(bearer(pb::WhoAmIRequest {}, token))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     pub async fn login(&self, user: &str, password: &str) -> pb::LoginResponse {
         self.auth()
             .login(pb::LoginRequest {
