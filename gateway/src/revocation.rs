@@ -19,8 +19,15 @@ use crate::cache::Cache;
 
 #[derive(Default)]
 pub struct Revocations {
-    entries: RwLock<HashMap<String, i64>>,
+    lists: RwLock<Lists>,
     ready: AtomicBool,
+}
+
+/// Revoked token ids and session ids, each with when the revocation ends.
+#[derive(Default)]
+struct Lists {
+    tokens: HashMap<String, i64>,
+    sessions: HashMap<String, i64>,
 }
 
 /// Why a token cannot be accepted.
@@ -39,57 +46,49 @@ pub fn session_entry(id: &str) -> String {
     format!("s:{id}")
 }
 
+impl Lists {
+    /// Records `entry` (`j:<jti>` or `s:<id>`) until `until_ms`, keeping the
+    /// later end if it is already known.
+    fn add(&mut self, entry: String, until_ms: i64) {
+        let (map, key) = match (entry.strip_prefix("j:"), entry.strip_prefix("s:")) {
+            (Some(k), _) => (&mut self.tokens, k),
+            (_, Some(k)) => (&mut self.sessions, k),
+            _ => return,
+        };
+        let v = map.entry(key.to_owned()).or_insert(until_ms);
+        *v = (*v).max(until_ms);
+    }
+}
+
 impl Revocations {
+    /// Allocation-free: the lists are keyed by bare jti and session id.
     pub fn check(&self, jti: &str, session: &str) -> Result<(), Revoked> {
         if !self.ready.load(Ordering::Acquire) {
             return Err(Revoked::Unknown);
         }
-        let e = self.entries.read();
-        if e.is_empty() {
-            return Ok(());
-        }
-        // Entries are "j:<jti>" and "s:<id>"; build the keys without
-        // allocating twice on the hot path.
-        let mut key = String::with_capacity(2 + jti.len().max(session.len()));
-        key.push_str("j:");
-        key.push_str(jti);
-        if e.contains_key(&key) {
+        let l = self.lists.read();
+        if l.tokens.contains_key(jti) {
             return Err(Revoked::Token);
         }
-        if !session.is_empty() {
-            key.truncate(0);
-            key.push_str("s:");
-            key.push_str(session);
-            if e.contains_key(&key) {
-                return Err(Revoked::Session);
-            }
+        if !session.is_empty() && l.sessions.contains_key(session) {
+            return Err(Revoked::Session);
         }
         Ok(())
     }
 
     /// Adds an entry locally (the replica that revoked sees it at once).
     pub fn insert(&self, entry: String, until_ms: i64) {
-        let mut e = self.entries.write();
-        let v = e.entry(entry).or_insert(until_ms);
-        *v = (*v).max(until_ms);
+        self.lists.write().add(entry, until_ms);
     }
 
     fn merge(&self, fresh: Vec<(String, i64)>, now_ms: i64) {
-        let mut e = self.entries.write();
-        e.retain(|_, until| *until > now_ms);
+        let mut l = self.lists.write();
+        l.tokens.retain(|_, until| *until > now_ms);
+        l.sessions.retain(|_, until| *until > now_ms);
         for (k, until) in fresh {
-            let v = e.entry(k).or_insert(until);
-            *v = (*v).max(until);
+            l.add(k, until);
         }
         self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Loads once, then keeps syncing from `cache` every `every` until
@@ -125,5 +124,29 @@ impl Revocations {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_closed_until_loaded_then_entries_last_until_they_end() {
+        let r = Revocations::default();
+        assert_eq!(r.check("j1", "s1"), Err(Revoked::Unknown));
+        r.merge(
+            vec![(jti_entry("j1"), 2_000), (session_entry("s1"), 1_000)],
+            0,
+        );
+        assert_eq!(r.check("j1", ""), Err(Revoked::Token));
+        assert_eq!(r.check("j2", "s1"), Err(Revoked::Session));
+        assert_eq!(r.check("j2", "s2"), Ok(()));
+        // A sync without them (Redis emptied) forgets nothing still in force.
+        r.merge(Vec::new(), 1_500);
+        assert_eq!(r.check("j1", ""), Err(Revoked::Token));
+        assert_eq!(r.check("j2", "s1"), Ok(()));
+        r.insert(session_entry("s2"), 5_000);
+        assert_eq!(r.check("j3", "s2"), Err(Revoked::Session));
     }
 }
