@@ -97,6 +97,10 @@ impl KafkaBus {
         config
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
+            // A message that fails for good fails every later one too, so a
+            // retry from the first unacknowledged event keeps each key's
+            // order: no later event is ever delivered before an earlier one.
+            .set("enable.gapless.guarantee", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "10000")
             .set("queue.buffering.max.ms", "2")

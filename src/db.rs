@@ -3,6 +3,7 @@
 //! applied at start-up; on PostgreSQL sqlx holds an advisory lock while it
 //! migrates, so replicas starting together apply each migration once.
 
+pub mod lock;
 mod nodelay;
 
 use std::str::FromStr;
@@ -32,6 +33,8 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
 }
 
 impl Database {
@@ -106,6 +109,9 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePool, DbError> {
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir).map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
+    }
+    if !url.contains(":memory:") && !url.contains("mode=memory") {
+        lock::acquire(opts.get_filename())?;
     }
     SqlitePoolOptions::new()
         .max_connections(4)

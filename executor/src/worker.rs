@@ -3,10 +3,15 @@
 //! reports results with their lease. A broken stream is reopened with
 //! backoff while tasks keep running; results not yet acknowledged are sent
 //! again on the new stream. Leases the scheduler reports lost are torn down.
+//!
+//! Results are never dropped: a result is recorded as unacknowledged and
+//! sent under one lock with the swap of the stream, so it is either in the
+//! snapshot a new stream resends or sent on that stream. Log lines may be
+//! dropped when the scheduler falls behind; they are counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use devcycle::proto::scheduler::v1 as pb;
@@ -14,7 +19,8 @@ use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
 use devcycle::time::now_ms;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -22,6 +28,11 @@ use crate::runtime::{self, Env, Finished, LogSink, TaskRun};
 
 const RECENT_LINES: usize = 200;
 const LOG_FLUSH: Duration = Duration::from_millis(50);
+/// Log batches queued for the scheduler at most; beyond, lines are dropped.
+const MAX_QUEUED_LOGS: usize = 1024;
+/// Heartbeats are sent at least this often, and for each lease at a third
+/// of its heartbeat timeout.
+const MIN_BEAT: Duration = Duration::from_millis(50);
 
 /// A task this worker is running.
 pub struct Running {
@@ -38,6 +49,23 @@ pub struct Running {
     pub recent: Mutex<VecDeque<(i64, String, String)>>,
     /// The scheduler no longer recognises this lease: drop the result.
     pub lost: AtomicBool,
+    /// Stopped by a drain: report a retryable failure, not the outcome.
+    pub drained: AtomicBool,
+    /// The assignment's heartbeat timeout.
+    pub heartbeat: Duration,
+}
+
+/// The current stream and the results it has not acknowledged, under one
+/// lock: a result is either resent when a stream opens or sent on it.
+#[derive(Default)]
+struct Link {
+    outbound: Option<mpsc::UnboundedSender<pb::WorkRequest>>,
+    /// Results sent but not acknowledged, by task id.
+    unacked: HashMap<String, pb::TaskResult>,
+    /// Streams opened by this process so far.
+    sessions: u64,
+    /// Log batches queued on the current stream, not yet taken by it.
+    queued_logs: Arc<AtomicUsize>,
 }
 
 pub struct State {
@@ -45,13 +73,12 @@ pub struct State {
     pub slots: u32,
     pub agents: Vec<String>,
     pub running: Mutex<HashMap<String, Arc<Running>>>,
-    /// Results sent but not acknowledged, by task id.
-    unacked: Mutex<HashMap<String, pb::TaskResult>>,
+    link: Mutex<Link>,
     pub draining: AtomicBool,
     pub connected: AtomicBool,
-    /// The current stream's sender, if connected.
-    outbound: Mutex<Option<mpsc::Sender<pb::WorkRequest>>>,
     pub idle: Notify,
+    /// A new lease may need a faster heartbeat.
+    beat_changed: Notify,
 }
 
 impl State {
@@ -61,12 +88,27 @@ impl State {
             slots,
             agents,
             running: Mutex::new(HashMap::new()),
-            unacked: Mutex::new(HashMap::new()),
+            link: Mutex::new(Link::default()),
             draining: AtomicBool::new(false),
             connected: AtomicBool::new(false),
-            outbound: Mutex::new(None),
             idle: Notify::new(),
+            beat_changed: Notify::new(),
         })
+    }
+
+    fn unacked_is_empty(&self) -> bool {
+        self.link.lock().unacked.is_empty()
+    }
+
+    /// How often to heartbeat: the scheduler's interval, or faster when a
+    /// running lease times out sooner.
+    fn beat(&self, interval: Duration) -> Duration {
+        self.running
+            .lock()
+            .values()
+            .map(|r| r.heartbeat / 3)
+            .fold(interval, Duration::min)
+            .max(MIN_BEAT)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -78,9 +120,55 @@ impl State {
     }
 
     fn send(&self, msg: pb::work_request::Msg) {
-        if let Some(tx) = self.outbound.lock().as_ref() {
-            let _ = tx.try_send(pb::WorkRequest { msg: Some(msg) });
+        if let Some(tx) = self.link.lock().outbound.as_ref() {
+            let _ = tx.send(pb::WorkRequest { msg: Some(msg) });
         }
+    }
+
+    /// Queues log lines unless too many are queued already.
+    fn send_logs(&self, logs: pb::TaskLogs) {
+        let lines = logs.lines.len() as u64;
+        let link = self.link.lock();
+        let Some(tx) = link.outbound.as_ref() else {
+            metrics::counter!("executor_log_lines_dropped_total").increment(lines);
+            return;
+        };
+        if link.queued_logs.load(Ordering::Relaxed) >= MAX_QUEUED_LOGS {
+            metrics::counter!("executor_log_lines_dropped_total").increment(lines);
+            return;
+        }
+        link.queued_logs.fetch_add(1, Ordering::Relaxed);
+        if tx
+            .send(pb::WorkRequest {
+                msg: Some(pb::work_request::Msg::Logs(logs)),
+            })
+            .is_err()
+        {
+            link.queued_logs.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a result as unacknowledged and sends it, atomically with
+    /// respect to a stream being swapped.
+    fn send_result(&self, result: pb::TaskResult) {
+        let Some(lease) = result.lease.as_ref() else {
+            return;
+        };
+        let mut link = self.link.lock();
+        link.unacked.insert(lease.task_id.clone(), result.clone());
+        if let Some(tx) = link.outbound.as_ref() {
+            let _ = tx.send(pb::WorkRequest {
+                msg: Some(pb::work_request::Msg::Result(result)),
+            });
+        }
+    }
+
+    /// Every lease this worker holds: running, or with a result not yet
+    /// acknowledged.
+    fn held(&self, link: &Link) -> Vec<pb::LeaseRef> {
+        let mut held = self.leases();
+        held.extend(link.unacked.values().filter_map(|r| r.lease.clone()));
+        held
     }
 
     fn credit(&self, n: u32) {
@@ -122,10 +210,7 @@ impl Worker {
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if stop.is_cancelled()
-                && self.state.in_flight() == 0
-                && self.state.unacked.lock().is_empty()
-            {
+            if stop.is_cancelled() && self.state.in_flight() == 0 && self.state.unacked_is_empty() {
                 break;
             }
             let opened = Instant::now();
@@ -133,7 +218,7 @@ impl Worker {
                 Ok(()) => break,
                 Err(e) => {
                     self.state.connected.store(false, Ordering::Relaxed);
-                    *self.state.outbound.lock() = None;
+                    self.state.link.lock().outbound = None;
                     if opened.elapsed() > Duration::from_secs(10) {
                         backoff = Duration::from_millis(100);
                     }
@@ -151,50 +236,57 @@ impl Worker {
     /// One stream; `Ok` when stopping cleanly, `Err` when the stream broke.
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
         let st = &self.state;
-        let (tx, rx) = mpsc::channel(4096);
-        let hello = pb::WorkerHello {
-            worker_id: st.worker_id.clone(),
-            agents: st.agents.clone(),
-            held: st.leases(),
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = {
+            // The hello, the resend and the swap are one step: a result
+            // reported meanwhile waits for the lock and then goes on `tx`.
+            let mut link = st.link.lock();
+            link.sessions += 1;
+            let hello = pb::WorkerHello {
+                worker_id: st.worker_id.clone(),
+                agents: st.agents.clone(),
+                held: st.held(&link),
+                session: link.sessions,
+            };
+            let _ = tx.send(msg(pb::work_request::Msg::Hello(hello)));
+            for r in link.unacked.values() {
+                let _ = tx.send(msg(pb::work_request::Msg::Result(r.clone())));
+            }
+            if !st.draining.load(Ordering::Relaxed) && st.free() > 0 {
+                let _ = tx.send(msg(pb::work_request::Msg::Credit(pb::CreditGrant {
+                    credits: st.free(),
+                })));
+            }
+            link.outbound = Some(tx);
+            link.queued_logs = Arc::new(AtomicUsize::new(0));
+            Arc::clone(&link.queued_logs)
         };
-        tx.send(msg(pb::work_request::Msg::Hello(hello))).await?;
-        let resend: Vec<pb::TaskResult> = st.unacked.lock().values().cloned().collect();
-        for r in resend {
-            tx.send(msg(pb::work_request::Msg::Result(r))).await?;
-        }
-        if !st.draining.load(Ordering::Relaxed) && st.free() > 0 {
-            tx.send(msg(pb::work_request::Msg::Credit(pb::CreditGrant {
-                credits: st.free(),
-            })))
-            .await?;
-        }
-        *st.outbound.lock() = Some(tx.clone());
-        let mut inbound = self
-            .scheduler
-            .clone()
-            .work(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let outgoing = UnboundedReceiverStream::new(rx).map(move |m| {
+            if matches!(m.msg, Some(pb::work_request::Msg::Logs(_))) {
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            m
+        });
+        let mut inbound = self.scheduler.clone().work(outgoing).await?.into_inner();
         st.connected.store(true, Ordering::Relaxed);
         tracing::info!(worker_id = %st.worker_id, "connected to the scheduler");
-        let mut beat = tokio::time::interval(Duration::from_secs(5));
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut interval = Duration::from_secs(5);
         loop {
+            // Every beat carries the running leases; an empty one still
+            // tells the scheduler the stream is alive.
+            let beat = tokio::time::sleep(st.beat(interval));
             tokio::select! {
                 m = inbound.message() => {
                     let Some(m) = m? else { anyhow::bail!("the scheduler closed the stream") };
-                    if let Some(interval) = self.handle(m) {
-                        beat = tokio::time::interval(interval);
-                        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    if let Some(i) = self.handle(m) {
+                        interval = i;
                     }
                 }
-                _ = beat.tick() => {
-                    let leases = st.leases();
-                    if !leases.is_empty() {
-                        st.send(pb::work_request::Msg::Heartbeat(pb::LeaseHeartbeat { leases }));
-                    }
+                _ = beat => {
+                    st.send(pb::work_request::Msg::Heartbeat(pb::LeaseHeartbeat { leases: st.leases() }));
                 }
-                _ = stop.cancelled(), if st.in_flight() == 0 && st.unacked.lock().is_empty() => return Ok(()),
+                _ = st.beat_changed.notified() => {}
+                _ = stop.cancelled(), if st.in_flight() == 0 && st.unacked_is_empty() => return Ok(()),
             }
         }
     }
@@ -222,12 +314,12 @@ impl Worker {
             }
             Msg::ResultAck(ack) => {
                 if let Some(l) = ack.lease {
-                    st.unacked.lock().remove(&l.task_id);
+                    st.link.lock().unacked.remove(&l.task_id);
                     if !ack.accepted {
                         tracing::warn!(task_id = %l.task_id, attempt = l.attempt, reason = %ack.reason, "result rejected: the lease was no longer valid");
                     }
                 }
-                if st.in_flight() == 0 && st.unacked.lock().is_empty() {
+                if st.in_flight() == 0 && st.unacked_is_empty() {
                     st.idle.notify_waiters();
                 }
             }
@@ -277,10 +369,19 @@ impl Worker {
             logs: logs_tx,
             recent: Mutex::new(VecDeque::new()),
             lost: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            heartbeat: Duration::from_millis(
+                a.timeouts
+                    .as_ref()
+                    .map(|t| t.heartbeat_ms)
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or(u64::MAX / 4),
+            ),
         });
         st.running
             .lock()
             .insert(lease.task_id.clone(), Arc::clone(&running));
+        st.beat_changed.notify_one();
         let task = TaskRun {
             task_id: lease.task_id.clone(),
             attempt: lease.attempt,
@@ -320,10 +421,10 @@ impl Worker {
                         });
                     }
                     if !batch.is_empty() && (idle || closed || batch.len() >= 100) {
-                        st.send(pb::work_request::Msg::Logs(pb::TaskLogs {
+                        st.send_logs(pb::TaskLogs {
                             lease: Some(lease.clone()),
                             lines: std::mem::take(&mut batch),
-                        }));
+                        });
                     }
                     if closed {
                         return;
@@ -337,8 +438,19 @@ impl Worker {
             let done = runtime::run(&task, &env).await;
             drop(task);
             let _ = forward.await;
+            let mut done = done;
             let running = st.running.lock().remove(&this_lease.task_id);
-            let lost = running.is_some_and(|r| r.lost.load(Ordering::Relaxed));
+            let lost = running
+                .as_ref()
+                .is_some_and(|r| r.lost.load(Ordering::Relaxed));
+            if running.is_some_and(|r| r.drained.load(Ordering::Relaxed)) {
+                done.outcome = Err(runtime::Failure {
+                    kind: DRAINED.into(),
+                    message: "the executor was draining and stopped the task at its deadline"
+                        .into(),
+                    retryable: true,
+                });
+            }
             if !lost {
                 report_to(&st, this_lease, done, started.elapsed());
             }
@@ -364,25 +476,26 @@ fn report_to(st: &State, lease: pb::LeaseRef, done: Finished, took: Duration) {
             retryable: f.retryable,
         }),
     };
-    let result = pb::TaskResult {
-        lease: Some(lease.clone()),
+    st.send_result(pb::TaskResult {
+        lease: Some(lease),
         outcome: Some(outcome),
         enforcement: Some(done.enforcement),
         duration_us: took.as_micros() as u64,
-    };
-    st.unacked
-        .lock()
-        .insert(lease.task_id.clone(), result.clone());
-    st.send(pb::work_request::Msg::Result(result));
+    });
 }
+
+/// The failure kind of a task a drain stopped: retryable, and it counts as
+/// an attempt (the task had started).
+pub const DRAINED: &str = "worker_drained";
 
 fn msg(m: pb::work_request::Msg) -> pb::WorkRequest {
     pb::WorkRequest { msg: Some(m) }
 }
 
 /// Stops taking work and waits for running tasks up to `deadline`; what is
-/// still running then is stopped and handed back. Returns how many tasks
-/// were running when the drain began.
+/// still running then is stopped and reported as a retryable failure
+/// ([`DRAINED`]): it had started, so it is not handed back as unstarted.
+/// Returns how many tasks were running when the drain began.
 pub async fn drain(state: &Arc<State>, deadline: Duration) -> u32 {
     state.draining.store(true, Ordering::Relaxed);
     let running = state.in_flight();
@@ -391,15 +504,18 @@ pub async fn drain(state: &Arc<State>, deadline: Duration) -> u32 {
         let _ = tokio::time::timeout(Duration::from_millis(100), state.idle.notified()).await;
     }
     let left: Vec<Arc<Running>> = state.running.lock().values().cloned().collect();
-    for r in left {
-        tracing::warn!(task_id = %r.lease.task_id, "drain deadline passed; handing the task back");
-        r.lost.store(true, Ordering::Relaxed);
+    for r in &left {
+        tracing::warn!(task_id = %r.lease.task_id, "drain deadline passed; stopping the task");
+        r.drained.store(true, Ordering::Relaxed);
         r.cancel.cancel();
-        state.send(pb::work_request::Msg::Release(r.lease.clone()));
     }
-    // Give acknowledgements of the last results a moment to arrive.
+    // The stopped tasks report; give them and the acknowledgements of the
+    // last results a moment.
     let until = Instant::now() + Duration::from_secs(2);
-    while !state.unacked.lock().is_empty()
+    while state.in_flight() > 0 && Instant::now() < until {
+        let _ = tokio::time::timeout(Duration::from_millis(50), state.idle.notified()).await;
+    }
+    while !state.unacked_is_empty()
         && state.connected.load(Ordering::Relaxed)
         && Instant::now() < until
     {

@@ -3,6 +3,13 @@
 //! batch commits, applies them as ONE transaction, then hands new leases to
 //! the workers that had credit, acknowledges, and announces. Commits are
 //! shared (group commit) and nothing on the path waits for another hop.
+//!
+//! Timers (lease expiry, retry backoff, schedule-to-start deadlines) are
+//! swept when the earliest one this engine knows of is due, and at least
+//! every [`MAX_SLEEP`] for timers that other schedulers set, whatever the
+//! traffic: a sweep is never postponed by batches that do not sweep.
+
+mod flush;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,20 +18,19 @@ use std::time::Duration;
 
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
-use devcycle::time::{now_ms, to_timestamp};
-use prost::Message;
+use devcycle::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::hub::Hub;
-use crate::machine::Reject;
+use crate::machine::{CancelNotice, Reject};
 use crate::model::*;
-use crate::store::{Applied, Batch, Claim, Op, OpResult, SchedulerStore, Submit};
+use crate::store::{Op, OpResult, SchedulerStore, Submit};
 
 /// Most items gathered into one batch.
 const MAX_BATCH: usize = 2048;
-/// Timers are checked at least this often, for those other schedulers set.
+/// Timers are swept at least this often, for those other schedulers set.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Log lines kept per attempt; one marker line notes the rest were dropped.
 pub const MAX_LOG_LINES: u32 = 1000;
@@ -37,6 +43,10 @@ pub struct WorkerConn {
     pub conn: u64,
     pub worker_id: String,
     pub agents: Vec<String>,
+    /// Every lease the worker holds (see `WorkerHello.held`).
+    pub held: Vec<Lease>,
+    /// The worker process's stream number, from 1.
+    pub session: u64,
     pub tx: Outbound,
 }
 
@@ -72,16 +82,27 @@ pub enum Cmd {
         lease: Lease,
     },
     Progress {
+        conn: u64,
         lease: Lease,
         percent: u32,
         message: String,
     },
     Logs {
+        conn: u64,
         lease: Lease,
         lines: Vec<LogRow>,
     },
     /// Another scheduler made tasks claimable.
     RemoteReady,
+    /// Another scheduler committed cancellations; deliver those whose
+    /// worker is connected here.
+    RemoteCancel(Vec<CancelNotice>),
+    /// A worker opened stream `session` on another scheduler: an older
+    /// stream of it here is gone.
+    RemoteConnect {
+        worker_id: String,
+        session: u64,
+    },
 }
 
 /// The handle services use.
@@ -110,8 +131,6 @@ impl Engine {
             by_worker: HashMap::new(),
             specs: HashMap::new(),
             stored_specs: HashSet::new(),
-            log_counts: HashMap::new(),
-            lease_runs: HashMap::new(),
             pending: Pending::default(),
             db_may_have_ready: true,
             next_due: 0,
@@ -174,6 +193,10 @@ enum ReplyTo {
         group: usize,
         lease: Lease,
     },
+    /// The leases a reconnected worker still validly holds.
+    Reconcile {
+        conn: u64,
+    },
     Nobody,
 }
 
@@ -185,6 +208,8 @@ struct Pending {
     submits: Vec<(Submit, SubmitReply)>,
     ops: Vec<(Op, ReplyTo)>,
     logs: Vec<LogRow>,
+    /// Cancellations and connections other schedulers must hear of.
+    notices: Vec<String>,
     heartbeat_groups: usize,
     /// Something may have become claimable.
     claimable: bool,
@@ -192,15 +217,35 @@ struct Pending {
 
 impl Pending {
     fn len(&self) -> usize {
-        self.submits.len() + self.ops.len() + self.logs.len()
+        self.submits.len() + self.ops.len() + self.logs.len() + self.notices.len()
     }
+}
+
+/// A lease a stream holds: log lines are accepted only for these (fenced
+/// like results), and counted per attempt.
+struct Held {
+    attempt: u32,
+    lease_id: String,
+    run_id: String,
+    log_lines: u32,
 }
 
 struct Conn {
     worker_id: String,
     agents: Vec<String>,
     credits: u32,
+    session: u64,
     tx: Outbound,
+    /// By task id.
+    leases: HashMap<String, Held>,
+}
+
+impl Conn {
+    fn holds(&self, l: &Lease) -> Option<&Held> {
+        self.leases
+            .get(&l.task_id)
+            .filter(|h| h.attempt == l.attempt && h.lease_id == l.lease_id)
+    }
 }
 
 struct Core {
@@ -212,13 +257,11 @@ struct Core {
     specs: HashMap<(String, String), Arc<reg::AgentVersion>>,
     /// Agent versions known to be stored: later submits need not write them.
     stored_specs: HashSet<(String, String)>,
-    log_counts: HashMap<(String, u32), u32>,
-    /// Runs of the tasks this engine leased, until their results arrive.
-    lease_runs: HashMap<String, String>,
     pending: Pending,
     /// Claimable tasks may be waiting in the database.
     db_may_have_ready: bool,
-    /// When a timer (lease expiry, retry, deadline) is next due.
+    /// When timers are next swept: the earliest known timer, and never
+    /// later than [`MAX_SLEEP`] after the last sweep.
     next_due: i64,
     rotation: usize,
     direct: Option<(Arc<dyn devcycle::bus::EventBus>, String)>,
@@ -228,18 +271,24 @@ struct Core {
 impl Core {
     async fn run(mut self) {
         loop {
-            let wait = Duration::from_millis(
-                (self.next_due - now_ms()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64,
-            );
+            // Work left over (leases that could not be delivered) is applied
+            // at once; otherwise wait for a command or the next timer.
             let mut timer = false;
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break,
-                cmd = self.rx.recv() => match cmd {
-                    Some(c) => self.take(c),
-                    None => break,
-                },
-                _ = tokio::time::sleep(wait) => timer = true,
+            if self.pending.len() == 0 {
+                let wait = Duration::from_millis(
+                    (self.next_due - now_ms()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64,
+                );
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => break,
+                    cmd = self.rx.recv() => match cmd {
+                        Some(c) => self.take(c),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(wait) => timer = true,
+                }
+            } else if self.shutdown.is_cancelled() {
+                break;
             }
             while self.pending.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -280,25 +329,7 @@ impl Core {
                 self.pending.claimable |= matches!(op, Op::Retry { .. });
                 self.pending.ops.push((op, ReplyTo::Rpc(reply)));
             }
-            Cmd::Connect(w) => {
-                if let Some(old) = self.by_worker.insert(w.worker_id.clone(), w.conn)
-                    && let Some(prev) = self.workers.remove(&old)
-                {
-                    tracing::info!(worker_id = %prev.worker_id, "worker reconnected; closing its previous stream");
-                    let _ = prev.tx.send(Err(Status::aborted(
-                        "replaced by a newer stream of the same worker",
-                    )));
-                }
-                self.workers.insert(
-                    w.conn,
-                    Conn {
-                        worker_id: w.worker_id,
-                        agents: w.agents,
-                        credits: 0,
-                        tx: w.tx,
-                    },
-                );
-            }
+            Cmd::Connect(w) => self.connect(w),
             Cmd::Disconnect { conn } => {
                 if let Some(w) = self.workers.remove(&conn)
                     && self.by_worker.get(&w.worker_id) == Some(&conn)
@@ -317,8 +348,6 @@ impl Core {
                 lease,
                 outcome,
             } => {
-                self.log_counts
-                    .remove(&(lease.task_id.clone(), lease.attempt));
                 self.pending.claimable = true;
                 let op = Op::Complete {
                     lease: lease.clone(),
@@ -342,14 +371,19 @@ impl Core {
                 self.pending.claimable = true;
                 let op = Op::Release {
                     lease: lease.clone(),
+                    undelivered: false,
                 };
                 self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
             }
             Cmd::Progress {
+                conn,
                 lease,
                 percent,
                 message,
             } => {
+                if !self.fenced(conn, &lease, "progress") {
+                    return;
+                }
                 self.pending.ops.push((
                     Op::Progress {
                         lease,
@@ -359,28 +393,106 @@ impl Core {
                     ReplyTo::Nobody,
                 ));
             }
-            Cmd::Logs { lease, lines } => self.take_logs(lease, lines),
+            Cmd::Logs { conn, lease, lines } => self.take_logs(conn, lease, lines),
             Cmd::RemoteReady => {
                 self.db_may_have_ready = true;
                 self.pending.claimable = true;
             }
+            Cmd::RemoteCancel(notices) => {
+                for c in notices {
+                    self.deliver_cancel(&c);
+                }
+            }
+            Cmd::RemoteConnect { worker_id, session } => {
+                let Some(&conn) = self.by_worker.get(&worker_id) else {
+                    return;
+                };
+                if self.workers[&conn].session < session {
+                    tracing::info!(%worker_id, "worker moved to another scheduler; closing its stream here");
+                    self.close(
+                        conn,
+                        Status::aborted("the worker has a newer stream elsewhere"),
+                    );
+                }
+            }
         }
     }
 
-    fn take_logs(&mut self, lease: Lease, lines: Vec<LogRow>) {
-        if self.log_counts.len() > 100_000 {
-            self.log_counts.clear();
+    /// A new stream. An older stream of the same worker is closed, and the
+    /// leases the worker says it holds are checked against the database.
+    fn connect(&mut self, w: WorkerConn) {
+        if let Some(&old) = self.by_worker.get(&w.worker_id) {
+            tracing::info!(worker_id = %w.worker_id, "worker reconnected; closing its previous stream");
+            self.close(
+                old,
+                Status::aborted("replaced by a newer stream of the same worker"),
+            );
         }
-        let n = self
-            .log_counts
-            .entry((lease.task_id.clone(), lease.attempt))
-            .or_insert(0);
-        for mut line in lines {
-            if *n > MAX_LOG_LINES {
-                break;
+        self.by_worker.insert(w.worker_id.clone(), w.conn);
+        self.pending
+            .notices
+            .push(crate::store::notice::worker(&w.worker_id, w.session));
+        self.pending.claimable = true;
+        self.pending.ops.push((
+            Op::Reconcile {
+                worker_id: w.worker_id.clone(),
+                held: w.held,
+                resumed: w.session > 1,
+            },
+            ReplyTo::Reconcile { conn: w.conn },
+        ));
+        self.workers.insert(
+            w.conn,
+            Conn {
+                worker_id: w.worker_id,
+                agents: w.agents,
+                credits: 0,
+                session: w.session,
+                tx: w.tx,
+                leases: HashMap::new(),
+            },
+        );
+    }
+
+    fn close(&mut self, conn: u64, why: Status) {
+        if let Some(prev) = self.workers.remove(&conn) {
+            if self.by_worker.get(&prev.worker_id) == Some(&conn) {
+                self.by_worker.remove(&prev.worker_id);
             }
-            *n += 1;
-            if *n > MAX_LOG_LINES {
+            let _ = prev.tx.send(Err(why));
+        }
+    }
+
+    /// Whether `conn` holds `lease`; what it sends for other leases is
+    /// dropped and counted.
+    fn fenced(&self, conn: u64, lease: &Lease, what: &'static str) -> bool {
+        let ok = self
+            .workers
+            .get(&conn)
+            .is_some_and(|w| w.holds(lease).is_some());
+        if !ok {
+            metrics::counter!("scheduler_unfenced_messages_total", "kind" => what).increment(1);
+            tracing::debug!(task_id = %lease.task_id, attempt = lease.attempt, kind = what, "dropped: the stream does not hold this lease");
+        }
+        ok
+    }
+
+    fn take_logs(&mut self, conn: u64, lease: Lease, lines: Vec<LogRow>) {
+        if !self.fenced(conn, &lease, "logs") {
+            return;
+        }
+        let held = self
+            .workers
+            .get_mut(&conn)
+            .and_then(|w| w.leases.get_mut(&lease.task_id))
+            .expect("fenced");
+        for mut line in lines {
+            if held.log_lines > MAX_LOG_LINES {
+                metrics::counter!("scheduler_log_lines_dropped_total").increment(1);
+                continue;
+            }
+            held.log_lines += 1;
+            if held.log_lines > MAX_LOG_LINES {
                 line.stream = "executor".into();
                 line.line = LOG_TRUNCATED.into();
             }
@@ -390,278 +502,28 @@ impl Core {
         }
     }
 
-    async fn flush(&mut self) {
-        let now = now_ms();
-        let sweep = now >= self.next_due;
-        let want_claims = self.pending.claimable || sweep || self.db_may_have_ready;
-        let mut claims = Vec::new();
-        if want_claims && !self.workers.is_empty() {
-            let mut conns: Vec<u64> = self
-                .workers
-                .iter()
-                .filter(|(_, w)| w.credits > 0)
-                .map(|(c, _)| *c)
-                .collect();
-            conns.sort_unstable();
-            if !conns.is_empty() {
-                let r = self.rotation % conns.len();
-                conns.rotate_left(r);
-                self.rotation = self.rotation.wrapping_add(1);
-            }
-            for c in conns {
-                let w = &self.workers[&c];
-                claims.push(Claim {
-                    worker_id: w.worker_id.clone(),
-                    agents: w.agents.clone(),
-                    max: w.credits,
-                });
-            }
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let (mut submits, submit_replies): (Vec<Submit>, Vec<_>) =
-            pending.submits.into_iter().unzip();
-        let mut new_specs = Vec::new();
-        for s in &mut submits {
-            s.agents.retain(|a| {
-                !self
-                    .stored_specs
-                    .contains(&(a.agent.clone(), a.version.clone()))
-            });
-            new_specs.extend(
-                s.agents
-                    .iter()
-                    .map(|a| (a.agent.clone(), a.version.clone())),
-            );
-        }
-        let (ops, op_replies): (Vec<Op>, Vec<ReplyTo>) = pending.ops.into_iter().unzip();
-        let known_runs = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Complete { lease, .. }
-                | Op::Heartbeat { lease }
-                | Op::Release { lease }
-                | Op::Progress { lease, .. } => {
-                    let run = self.lease_runs.get(&lease.task_id)?;
-                    Some((lease.task_id.clone(), run.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let batch = Batch {
-            now,
-            submits,
-            ops,
-            sweep,
-            claims,
-            claim_from_db: self.db_may_have_ready || sweep,
-            logs: pending.logs,
-            known_runs,
-        };
-        if batch.is_empty() {
-            self.next_due = self.next_due.max(now + MAX_SLEEP.as_millis() as i64);
+    /// Tells the worker holding a lease to stop, if it is connected here.
+    fn deliver_cancel(&mut self, c: &CancelNotice) {
+        let Some(w) = self
+            .by_worker
+            .get(&c.worker_id)
+            .and_then(|conn| self.workers.get_mut(conn))
+        else {
             return;
+        };
+        if w.holds(&c.lease).is_some() {
+            w.leases.remove(&c.lease.task_id);
         }
-        if sweep {
-            // Until the sweep reports the real next timer.
-            self.next_due = now + MAX_SLEEP.as_millis() as i64;
-        }
-        let items = batch.submits.len() + batch.ops.len() + batch.logs.len();
-        let started = std::time::Instant::now();
-        let result = self.apply(batch).await;
-        metrics::histogram!("scheduler_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("scheduler_batch_items").record(items as f64);
-        match result {
-            Ok(applied) => {
-                self.stored_specs.extend(new_specs);
-                self.dispatch(applied, submit_replies, op_replies).await
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "scheduler batch failed; callers are told to retry");
-                let status = Status::from(e);
-                for reply in submit_replies {
-                    let _ = reply.send(Err(status.clone()));
-                }
-                for to in op_replies {
-                    match to {
-                        ReplyTo::Rpc(reply) => {
-                            let _ = reply.send(Err(status.clone()));
-                        }
-                        // The worker re-sends what was not acknowledged
-                        // when it reconnects.
-                        ReplyTo::Result { conn, .. } | ReplyTo::Heartbeat { conn, .. } => {
-                            if let Some(w) = self.workers.remove(&conn) {
-                                self.by_worker.remove(&w.worker_id);
-                                let _ = w.tx.send(Err(status.clone()));
-                            }
-                        }
-                        ReplyTo::Nobody => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Applies a batch, retrying lost races and deadlocks a few times.
-    async fn apply(&self, batch: Batch) -> crate::error::Result<Applied> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let attempt = if tries < 4 && self.store.concurrent_writers() {
-                batch.clone()
-            } else {
-                return self.store.apply(batch).await;
-            };
-            match self.store.apply(attempt).await {
-                Err(e) if e.is_retryable() => {
-                    tracing::debug!(error = %e, tries, "batch lost a race; retrying");
-                    tokio::time::sleep(Duration::from_millis(tries * 2)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn dispatch(
-        &mut self,
-        a: Applied,
-        submit_replies: Vec<SubmitReply>,
-        op_replies: Vec<ReplyTo>,
-    ) {
-        // New leases first: the workers are waiting.
-        let mut granted: HashMap<String, u32> = HashMap::new();
-        if self.lease_runs.len() > 100_000 {
-            // Leases that expired without a result: forget them.
-            self.lease_runs.clear();
-        }
-        for task in &a.leased {
-            self.lease_runs.insert(task.id.clone(), task.run_id.clone());
-            *granted.entry(task.worker_id.clone()).or_default() += 1;
-            let Some(conn) = self.by_worker.get(&task.worker_id).copied() else {
-                continue;
-            };
-            let Some(spec) = self.spec(&task.agent, &task.agent_version).await else {
-                tracing::error!(task_id = %task.id, agent = %task.agent, "no stored spec for the task's agent version");
-                continue;
-            };
-            if let Some(w) = self.workers.get(&conn) {
-                let _ = w.tx.send(Ok(assignment(task, spec)));
-            }
-        }
-        for (worker, n) in granted {
-            if let Some(w) = self
-                .by_worker
-                .get(&worker)
-                .and_then(|c| self.workers.get_mut(c))
-            {
-                w.credits = w.credits.saturating_sub(n);
-            }
-        }
-        for (reply, submitted) in submit_replies.into_iter().zip(a.submitted) {
-            let _ = reply.send(Ok(submitted));
-        }
-        let mut heartbeats: HashMap<usize, (u64, pb::HeartbeatAck)> = HashMap::new();
-        for (to, result) in op_replies.into_iter().zip(a.results) {
-            match to {
-                ReplyTo::Rpc(reply) => {
-                    let _ = reply.send(Ok(result));
-                }
-                ReplyTo::Result { conn, lease } => {
-                    self.lease_runs.remove(&lease.task_id);
-                    let (accepted, reason) = match &result {
-                        OpResult::Rejected(r) => (false, r.to_string()),
-                        _ => (true, String::new()),
-                    };
-                    if let Some(w) = self.workers.get(&conn) {
-                        let ack = pb::ResultAck {
-                            lease: Some(lease_ref(&lease)),
-                            accepted,
-                            reason,
-                        };
-                        let _ = w.tx.send(Ok(pb::WorkResponse {
-                            msg: Some(pb::work_response::Msg::ResultAck(ack)),
-                        }));
-                    }
-                }
-                ReplyTo::Heartbeat { conn, group, lease } => {
-                    let (_, ack) = heartbeats
-                        .entry(group)
-                        .or_insert_with(|| (conn, pb::HeartbeatAck::default()));
-                    match result {
-                        OpResult::Extended(until) => {
-                            ack.extended.push(lease_ref(&lease));
-                            let t = to_timestamp(until);
-                            if ack
-                                .lease_deadline
-                                .as_ref()
-                                .is_none_or(|d| d.seconds > t.seconds)
-                            {
-                                ack.lease_deadline = Some(t);
-                            }
-                        }
-                        _ => ack.lost.push(lease_ref(&lease)),
-                    }
-                }
-                ReplyTo::Nobody => {}
-            }
-        }
-        for (_, (conn, ack)) in heartbeats {
-            if let Some(w) = self.workers.get(&conn) {
-                let _ = w.tx.send(Ok(pb::WorkResponse {
-                    msg: Some(pb::work_response::Msg::HeartbeatAck(ack)),
-                }));
-            }
-        }
-        for c in &a.cancels {
-            if let Some(w) = self
-                .by_worker
-                .get(&c.worker_id)
-                .and_then(|conn| self.workers.get(conn))
-            {
-                let _ = w.tx.send(Ok(pb::WorkResponse {
-                    msg: Some(pb::work_response::Msg::Cancel(pb::CancelTask {
-                        lease: Some(lease_ref(&c.lease)),
-                        reason: c.reason.clone(),
-                    })),
-                }));
-            }
-        }
-        let mut last: HashMap<&str, i64> = HashMap::new();
-        for e in &a.events {
-            let s = last.entry(e.run_id.as_str()).or_default();
-            *s = (*s).max(e.seq);
-        }
-        for (run, seq) in last {
-            self.hub.events(run, seq);
-        }
-        if !a.events.is_empty() {
-            match &self.direct {
-                Some((bus, topic)) => {
-                    let messages: Vec<_> = a
-                        .events
-                        .iter()
-                        .map(|e| crate::outbox::message(topic, e))
-                        .collect();
-                    let _ = bus.publish(&messages).await;
-                }
-                None => self.hub.outbox.notify_one(),
-            }
-        }
-        for f in a.finished {
-            self.hub.finished(Arc::new(f));
-        }
-        if a.ready_left {
-            self.db_may_have_ready = true;
-        } else if a.db_drained {
-            self.db_may_have_ready = false;
-        }
-        if let Some(due) = a.next_due {
-            self.next_due = if a.swept { due } else { self.next_due.min(due) };
-        } else if a.swept {
-            self.next_due = now_ms() + MAX_SLEEP.as_millis() as i64;
-        }
+        let _ = w.tx.send(Ok(pb::WorkResponse {
+            msg: Some(pb::work_response::Msg::Cancel(pb::CancelTask {
+                lease: Some(lease_ref(&c.lease)),
+                reason: c.reason.clone(),
+            })),
+        }));
     }
 
     async fn spec(&mut self, agent: &str, version: &str) -> Option<Arc<reg::AgentVersion>> {
+        use prost::Message;
         let key = (agent.to_owned(), version.to_owned());
         if let Some(s) = self.specs.get(&key) {
             return Some(Arc::clone(s));
@@ -678,28 +540,6 @@ pub fn lease_ref(l: &Lease) -> pb::LeaseRef {
         task_id: l.task_id.clone(),
         attempt: l.attempt,
         lease_id: l.lease_id.clone(),
-    }
-}
-
-fn assignment(t: &TaskRow, spec: Arc<reg::AgentVersion>) -> pb::WorkResponse {
-    pb::WorkResponse {
-        msg: Some(pb::work_response::Msg::Assignment(pb::Assignment {
-            lease: Some(pb::LeaseRef {
-                task_id: t.id.clone(),
-                attempt: t.attempt,
-                lease_id: t.lease_id.clone(),
-            }),
-            run_id: t.run_id.clone(),
-            task_key: t.key.clone(),
-            agent: Some((*spec).clone()),
-            input: t.input.clone(),
-            lease_deadline: Some(to_timestamp(t.lease_expires)),
-            timeouts: Some(pb::Timeouts {
-                schedule_to_start_ms: t.timeouts.schedule_to_start_ms,
-                start_to_close_ms: t.timeouts.start_to_close_ms,
-                heartbeat_ms: t.timeouts.heartbeat_ms,
-            }),
-        })),
     }
 }
 

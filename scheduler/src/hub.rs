@@ -52,6 +52,16 @@ impl Hub {
         }
     }
 
+    /// Runs someone waits for.
+    pub fn waited_runs(&self) -> Vec<String> {
+        self.waiters.lock().keys().cloned().collect()
+    }
+
+    /// Changes each time another scheduler changed something.
+    pub fn remote_changes(&self) -> watch::Receiver<u64> {
+        self.any_change.subscribe()
+    }
+
     pub fn finished(&self, run: Finished) {
         let waiters = self.waiters.lock().remove(&run.0.id);
         for tx in waiters.into_iter().flatten() {
@@ -93,4 +103,40 @@ impl Hub {
         self.any_change.send_modify(|n| *n += 1);
         self.outbox.notify_one();
     }
+}
+
+/// Wakes callers waiting for runs that another scheduler finished: each
+/// time another scheduler commits, the waited runs that have ended are
+/// read and handed to their waiters. Notifications coalesce, so a burst of
+/// commits costs one lookup.
+pub fn wake_remote_waiters(
+    hub: Arc<Hub>,
+    store: Arc<dyn crate::store::SchedulerStore>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut changes = hub.remote_changes();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = changes.changed() => if r.is_err() { return },
+            }
+            let ids = hub.waited_runs();
+            if ids.is_empty() {
+                continue;
+            }
+            let ended = match store.ended_runs(&ids).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the runs callers wait for");
+                    continue;
+                }
+            };
+            for id in ended {
+                if let Ok(Some(run)) = store.get_run(&id).await {
+                    hub.finished(Arc::new(run));
+                }
+            }
+        }
+    });
 }

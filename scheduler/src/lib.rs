@@ -161,6 +161,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         engine_stop.clone(),
     );
     if let Some(pool) = &pg {
+        hub::wake_remote_waiters(Arc::clone(&hub), Arc::clone(&store), shutdown.clone());
         store::pg::listen(
             pool.clone(),
             instance,

@@ -43,6 +43,7 @@ pub mod kinds {
     pub const CANCELLED: &str = "cancelled";
     pub const UPSTREAM_FAILED: &str = "upstream_failed";
     pub const RUN_FAILED: &str = "run_failed";
+    pub const WORKER_LOST: &str = "worker_lost";
 }
 
 /// A cancellation to deliver to the worker holding a lease.
@@ -261,6 +262,8 @@ impl Machine {
         if t.start_time == 0 {
             t.start_time = now;
         }
+        // Schedule-to-start is per attempt: this one has started.
+        t.schedule_deadline = 0;
         t.attempt_deadline = now.saturating_add(t.timeouts.start_to_close_ms as i64);
         t.lease_expires = now
             .saturating_add(t.timeouts.heartbeat_ms as i64)
@@ -330,8 +333,9 @@ impl Machine {
         Ok(expires)
     }
 
-    /// A worker gives a lease back unstarted: the attempt does not count.
-    pub fn release(&mut self, lease: &Lease) -> Result<(), Reject> {
+    /// A lease given back unstarted (by its worker, or never delivered):
+    /// the attempt does not count.
+    pub fn release(&mut self, lease: &Lease, why: &str) -> Result<(), Reject> {
         self.check_lease(lease)?;
         let now = self.now;
         let t = self.tasks.get_mut(&lease.task_id).expect("checked");
@@ -339,15 +343,62 @@ impl Machine {
         t.attempt -= 1;
         t.lease_id.clear();
         t.ready_at = now;
+        t.schedule_deadline = deadline(now, t.timeouts.schedule_to_start_ms);
         let run_id = t.run_id.clone();
         self.touch_task(&lease.task_id);
         self.emit(
             &run_id,
             EventKind::TaskReady,
             Some(&lease.task_id),
-            "released by the worker".into(),
+            why.into(),
         );
         Ok(())
+    }
+
+    /// A worker connected holding `held`. Of the tasks `ids` the database
+    /// says are leased to it, those it holds stay leased (returned, with
+    /// their runs); the others never reached it (`resumed`: the same
+    /// process lists everything it has) and go back without using an
+    /// attempt, or were lost with its previous process: failed attempts.
+    pub fn reconcile(
+        &mut self,
+        worker_id: &str,
+        ids: &[String],
+        held: &[Lease],
+        resumed: bool,
+    ) -> Vec<(Lease, String)> {
+        let mut kept = Vec::new();
+        for id in ids {
+            let Some(t) = self.tasks.get(id) else {
+                continue;
+            };
+            if t.state != TaskState::Leased || t.worker_id != worker_id {
+                continue;
+            }
+            let lease = Lease {
+                task_id: t.id.clone(),
+                attempt: t.attempt,
+                lease_id: t.lease_id.clone(),
+            };
+            if held.contains(&lease) {
+                kept.push((lease, t.run_id.clone()));
+            } else if resumed {
+                let _ = self.release(
+                    &lease,
+                    "lease never reached the worker; returned without using an attempt",
+                );
+            } else {
+                self.fail_attempt(
+                    id,
+                    TaskError {
+                        kind: kinds::WORKER_LOST.into(),
+                        message: format!("worker {worker_id} restarted while holding the lease"),
+                        retryable: true,
+                    },
+                );
+            }
+        }
+        kept
     }
 
     pub fn progress(&mut self, lease: &Lease, percent: u32, message: &str) -> Result<(), Reject> {
@@ -482,35 +533,7 @@ impl Machine {
         }
         let run_id = t.run_id.clone();
         self.requeue(task_id);
-        // Tasks cancelled because of this failure run again when they can.
-        let revivable: Vec<String> = self.by_run[&run_id]
-            .iter()
-            .filter(|id| {
-                let t = &self.tasks[*id];
-                t.state == TaskState::Cancelled
-                    && t.error.as_ref().is_some_and(|e| {
-                        e.kind == kinds::UPSTREAM_FAILED || e.kind == kinds::RUN_FAILED
-                    })
-            })
-            .cloned()
-            .collect();
-        for id in revivable {
-            let pending = self.tasks[&id]
-                .depends_on
-                .iter()
-                .filter(|key| !self.upstream_succeeded(&run_id, key))
-                .count() as u32;
-            let t = self.tasks.get_mut(&id).expect("listed");
-            t.deps_pending = pending;
-            t.error = None;
-            t.end_time = 0;
-            if pending == 0 {
-                self.requeue(&id);
-            } else {
-                t.state = TaskState::Pending;
-                self.touch_task(&id);
-            }
-        }
+        self.revive(&run_id);
         let run = self.runs.get_mut(&run_id).expect("loaded");
         if run.state.is_terminal() {
             run.state = RunState::Running;
@@ -520,10 +543,71 @@ impl Machine {
         Ok(())
     }
 
-    fn upstream_succeeded(&self, run_id: &str, key: &str) -> bool {
+    /// After a retry: tasks that a failure had cancelled run again, but only
+    /// those that can still finish — every upstream task succeeded, is alive
+    /// or is revived itself — and, in a fail-fast run, only when no task of
+    /// the run is still dead (the run fails anyway once the retried task
+    /// ends). Reviving a task whose upstream stays dead would leave it
+    /// pending forever and the run RUNNING with it.
+    fn revive(&mut self, run_id: &str) {
+        let ids = self.by_run[run_id].clone();
+        let failed_by_failure = |t: &TaskRow| {
+            t.state == TaskState::Cancelled
+                && t.error.as_ref().is_some_and(|e| {
+                    e.kind == kinds::UPSTREAM_FAILED || e.kind == kinds::RUN_FAILED
+                })
+        };
+        let dead = ids.iter().any(|id| self.tasks[id].state == TaskState::Dead);
+        if dead && self.runs[run_id].failure_policy == FailurePolicy::FailFast {
+            return;
+        }
+        let mut candidates: Vec<String> = ids
+            .iter()
+            .filter(|id| failed_by_failure(&self.tasks[*id]))
+            .cloned()
+            .collect();
+        // Upstream first: a task may depend on another candidate. Repeat
+        // until nothing more can be revived (the DAG has no cycles).
+        loop {
+            let before = candidates.len();
+            candidates.retain(|id| {
+                let t = &self.tasks[id];
+                let deps: Vec<TaskState> = t
+                    .depends_on
+                    .iter()
+                    .filter_map(|key| self.task_by_key(run_id, key))
+                    .map(|d| d.state)
+                    .collect();
+                if deps
+                    .iter()
+                    .any(|s| s.is_terminal() && *s != TaskState::Succeeded)
+                {
+                    return true; // not (yet) revivable
+                }
+                let pending = deps.iter().filter(|s| **s != TaskState::Succeeded).count() as u32;
+                let t = self.tasks.get_mut(id).expect("listed");
+                t.deps_pending = pending;
+                t.error = None;
+                t.end_time = 0;
+                if pending == 0 {
+                    self.requeue(id);
+                } else {
+                    t.state = TaskState::Pending;
+                    self.touch_task(id);
+                }
+                false
+            });
+            if candidates.len() == before {
+                break;
+            }
+        }
+    }
+
+    fn task_by_key(&self, run_id: &str, key: &str) -> Option<&TaskRow> {
         self.by_run[run_id]
             .iter()
-            .any(|id| self.tasks[id].key == key && self.tasks[id].state == TaskState::Succeeded)
+            .map(|id| &self.tasks[id])
+            .find(|t| t.key == key)
     }
 
     fn requeue(&mut self, id: &str) {
@@ -556,6 +640,7 @@ impl Machine {
         t.state = TaskState::Failed;
         t.lease_id.clear();
         t.ready_at = now + delay;
+        t.schedule_deadline = deadline(t.ready_at, t.timeouts.schedule_to_start_ms);
         let message = format!(
             "{}: {}; attempt {}/{}, retry in {delay} ms",
             e.kind, e.message, t.attempt, t.retry.max_attempts

@@ -1,7 +1,10 @@
 //! The worker protocol: an executor, identified by its mTLS identity, says
 //! hello, grants credits, and receives leased tasks against them; results,
 //! heartbeats, progress and logs flow back. A stream that breaks releases
-//! nothing: its leases expire by time.
+//! nothing: its leases expire by time, or are reconciled when the worker
+//! connects again (see `WorkerHello.held`). A stream silent for
+//! [`SILENT_INTERVALS`] heartbeat intervals is taken for dead (a stopped or
+//! unreachable worker keeps its TCP connection open) and loses its credits.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use crate::model::{Lease, LogRow, Outcome, TaskError};
 pub type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Workers send at least a heartbeat every interval.
+const SILENT_INTERVALS: u32 = 3;
 const MAX_LINE_BYTES: usize = 4096;
 
 pub async fn accept(
@@ -65,26 +70,43 @@ pub async fn accept(
             heartbeat_interval_ms: heartbeat_interval.as_millis() as u32,
         })),
     }));
+    let held = hello
+        .held
+        .into_iter()
+        .map(|l| lease("hello.held", Some(l)))
+        .collect::<Result<Vec<_>, _>>()?;
     let conn = engine.new_conn_id();
+    tracing::info!(worker_id = %hello.worker_id, held = held.len(), session = hello.session, "worker connected");
     engine.send(Cmd::Connect(WorkerConn {
         conn,
         worker_id: hello.worker_id.clone(),
         agents: hello.agents,
+        held,
+        session: hello.session.max(1),
         tx: tx.clone(),
     }))?;
-    tracing::info!(worker_id = %hello.worker_id, held = hello.held.len(), "worker connected");
     let engine = engine.clone();
+    let silence = heartbeat_interval * SILENT_INTERVALS;
     tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = inbound.message() => m,
+                m = tokio::time::timeout(silence, inbound.message()) => m,
             };
             let msg = match msg {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
                     tracing::debug!(worker_id = %hello.worker_id, error = %e, "worker stream broke");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(worker_id = %hello.worker_id, silent_ms = silence.as_millis() as u64, "worker silent; closing its stream");
+                    let _ = tx.send(Err(Status::unavailable(format!(
+                        "no message for {} ms; heartbeat every {} ms",
+                        silence.as_millis(),
+                        heartbeat_interval.as_millis()
+                    ))));
                     break;
                 }
             };
@@ -141,11 +163,13 @@ fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<(), Status
                 .collect::<Result<_, _>>()?,
         },
         Some(Msg::Progress(p)) => Cmd::Progress {
+            conn,
             lease: lease("progress.lease", p.lease)?,
             percent: p.percent,
             message: truncate(p.message, 1024),
         },
         Some(Msg::Logs(l)) => Cmd::Logs {
+            conn,
             lease: lease("logs.lease", l.lease)?,
             lines: l
                 .lines

@@ -586,7 +586,8 @@ async fn heartbeats_and_release(s: Store) {
             &s,
             T0 + 1700,
             Op::Release {
-                lease: lease_of(&t)
+                lease: lease_of(&t),
+                undelivered: false,
             }
         )
         .await,

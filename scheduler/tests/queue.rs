@@ -237,6 +237,7 @@ async fn play(store: Store, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     m.now,
                     Op::Release {
                         lease: lease_of(&l),
+                        undelivered: false,
                     },
                 )
                 .await

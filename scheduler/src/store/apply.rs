@@ -54,15 +54,24 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
     if !batch.ops.is_empty() {
         let mut task_ids = Vec::new();
         let mut run_ids = BTreeSet::new();
+        // Per reconciling worker: the tasks the database says it holds.
+        let mut leased_to: HashMap<String, Vec<String>> = HashMap::new();
         for op in &batch.ops {
             match op {
                 Op::Complete { lease, .. }
                 | Op::Heartbeat { lease }
-                | Op::Release { lease }
+                | Op::Release { lease, .. }
                 | Op::Progress { lease, .. } => task_ids.push(lease.task_id.clone()),
                 Op::Retry { task_id } => task_ids.push(task_id.clone()),
                 Op::CancelRun { run_id, .. } => {
                     run_ids.insert(run_id.clone());
+                }
+                Op::Reconcile { worker_id, .. } => {
+                    if !leased_to.contains_key(worker_id) {
+                        let ids = tx.leased_to(worker_id).await?;
+                        task_ids.extend(ids.iter().cloned());
+                        leased_to.insert(worker_id.clone(), ids);
+                    }
                 }
             }
         }
@@ -91,7 +100,14 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                     m.complete(&lease, outcome).map(|_| OpResult::Done)
                 }
                 Op::Heartbeat { lease } => m.heartbeat(&lease).map(OpResult::Extended),
-                Op::Release { lease } => m.release(&lease).map(|_| OpResult::Done),
+                Op::Release { lease, undelivered } => {
+                    let why = if undelivered {
+                        "lease not delivered; returned without using an attempt"
+                    } else {
+                        "released by the worker"
+                    };
+                    m.release(&lease, why).map(|_| OpResult::Done)
+                }
                 Op::Progress {
                     lease,
                     percent,
@@ -107,6 +123,14 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                     }
                 }
                 Op::Retry { task_id } => m.retry(&task_id).map(|_| OpResult::Done),
+                Op::Reconcile {
+                    worker_id,
+                    held,
+                    resumed,
+                } => {
+                    let ids = leased_to.get(&worker_id).map(Vec::as_slice).unwrap_or(&[]);
+                    Ok(OpResult::Held(m.reconcile(&worker_id, ids, &held, resumed)))
+                }
             };
             out.results.push(r.unwrap_or_else(OpResult::Rejected));
         }
@@ -148,6 +172,11 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
         .await?;
     out.events = events;
     out.cancels = std::mem::take(&mut m.cancels);
+    let mut notices = batch.notices;
+    notices.extend(super::notice::cancels(&out.cancels));
+    if !notices.is_empty() {
+        tx.announce(&notices).await?;
+    }
     out.finished = std::mem::take(&mut m.finished)
         .into_iter()
         .filter_map(|id| m.run_snapshot(&id))

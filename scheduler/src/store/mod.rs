@@ -13,6 +13,7 @@
 //! its run's lock, which is what makes claims by many schedulers safe.
 
 mod apply;
+pub mod notice;
 pub mod pg;
 mod rows;
 pub mod sqlite;
@@ -45,8 +46,11 @@ pub enum Op {
     Heartbeat {
         lease: Lease,
     },
+    /// A lease given back unstarted: by its worker, or because it could
+    /// not be delivered. The attempt does not count.
     Release {
         lease: Lease,
+        undelivered: bool,
     },
     Progress {
         lease: Lease,
@@ -60,6 +64,26 @@ pub enum Op {
     Retry {
         task_id: String,
     },
+    /// A worker (re)connected holding `held`; its other leases are returned
+    /// (`resumed`: they never reached it) or failed (its process restarted).
+    Reconcile {
+        worker_id: String,
+        held: Vec<Lease>,
+        resumed: bool,
+    },
+}
+
+impl Op {
+    /// The lease an operation from a worker names.
+    pub fn lease(&self) -> Option<&Lease> {
+        match self {
+            Op::Complete { lease, .. }
+            | Op::Heartbeat { lease }
+            | Op::Release { lease, .. }
+            | Op::Progress { lease, .. } => Some(lease),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +91,8 @@ pub enum OpResult {
     Done,
     /// A heartbeat: the lease's new expiry.
     Extended(i64),
+    /// A reconcile: the leases the worker validly holds, with their runs.
+    Held(Vec<(Lease, String)>),
     Rejected(Reject),
 }
 
@@ -93,6 +119,9 @@ pub struct Batch {
     /// Runs of tasks the engine already knows (task id → run id), so that
     /// loading them needs no lookup.
     pub known_runs: HashMap<String, String>,
+    /// Payloads for other schedulers, sent when the batch commits (with the
+    /// batch's cancellations); see [`notice`].
+    pub notices: Vec<String>,
 }
 
 impl Batch {
@@ -102,6 +131,7 @@ impl Batch {
             && !self.sweep
             && self.claims.is_empty()
             && self.logs.is_empty()
+            && self.notices.is_empty()
     }
 }
 
@@ -171,6 +201,11 @@ pub trait TxOps {
         agents: &[AgentSpecRow],
     ) -> Result<()>;
     async fn next_due(&mut self, now: i64) -> Result<Option<i64>>;
+    /// Ids of the tasks leased to `worker_id`.
+    async fn leased_to(&mut self, worker_id: &str) -> Result<Vec<String>>;
+    /// Sends payloads to other schedulers when the transaction commits (a
+    /// store with one scheduler per database has no one to tell).
+    async fn announce(&mut self, payloads: &[String]) -> Result<()>;
 }
 
 /// Reads for the API, and the outbox.
@@ -191,6 +226,18 @@ pub trait SchedulerStore: Send + Sync + 'static {
     async fn list_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkflowRow>>;
 
     async fn get_run(&self, id: &str) -> Result<Option<(RunRow, Vec<TaskRow>)>>;
+    /// Those of `ids` whose runs have ended.
+    async fn ended_runs(&self, ids: &[String]) -> Result<Vec<String>> {
+        let mut ended = Vec::new();
+        for id in ids {
+            if let Some((run, _)) = self.get_run(id).await?
+                && run.state.is_terminal()
+            {
+                ended.push(id.clone());
+            }
+        }
+        Ok(ended)
+    }
     async fn run_by_key(&self, key: &str) -> Result<Option<String>>;
     /// Newest first.
     async fn list_runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<RunRow>>;

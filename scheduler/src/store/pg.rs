@@ -369,6 +369,28 @@ impl TxOps for PgTx<'_> {
         Ok(())
     }
 
+    async fn leased_to(&mut self, worker_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sched_tasks WHERE state = 'leased' AND worker_id = $1",
+        )
+        .bind(worker_id)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn announce(&mut self, payloads: &[String]) -> Result<()> {
+        let tagged: Vec<String> = payloads
+            .iter()
+            .map(|p| format!("{}:notice:{p}", self.instance))
+            .collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+            .bind(CHANNEL)
+            .bind(tagged)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     async fn next_due(&mut self, now: i64) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(t) FROM ( \
@@ -599,6 +621,15 @@ impl SchedulerStore for PgStore {
             .collect())
     }
 
+    async fn ended_runs(&self, ids: &[String]) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sched_runs WHERE id = ANY($1) AND state <> 'running'",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn get_run(&self, id: &str) -> Result<Option<(RunRow, Vec<TaskRow>)>> {
         let Some(run) =
             sqlx::query_as::<_, RunRecord>(sqlx::AssertSqlSafe(run_select("WHERE id = $1")))
@@ -807,6 +838,10 @@ pub fn listen(
                         if from == instance {
                             continue;
                         }
+                        if let Some(body) = what.strip_prefix("notice:") {
+                            remote_notices(&engine, body);
+                            continue;
+                        }
                         if what == "ready" {
                             let _ = engine.send(crate::engine::Cmd::RemoteReady);
                         }
@@ -817,4 +852,20 @@ pub fn listen(
             }
         }
     });
+}
+
+/// Hands another scheduler's notices to the engine.
+fn remote_notices(engine: &crate::engine::Engine, body: &str) {
+    use crate::engine::Cmd;
+    let Some(n) = super::notice::parse(body) else {
+        tracing::warn!("unreadable scheduler notice ignored");
+        return;
+    };
+    let cancels = n.cancels();
+    if !cancels.is_empty() {
+        let _ = engine.send(Cmd::RemoteCancel(cancels));
+    }
+    for (worker_id, session) in n.w {
+        let _ = engine.send(Cmd::RemoteConnect { worker_id, session });
+    }
 }

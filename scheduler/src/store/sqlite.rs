@@ -601,6 +601,21 @@ impl TxOps for SqliteTx<'_> {
         )?;
         Ok(stmt.query_row([now], |r| r.get(0))?)
     }
+
+    async fn leased_to(&mut self, worker_id: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM sched_tasks WHERE state = 'leased' AND worker_id = ?1",
+        )?;
+        let ids = stmt
+            .query_map([worker_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
+    /// One process per database file: nobody else to tell.
+    async fn announce(&mut self, _payloads: &[String]) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]

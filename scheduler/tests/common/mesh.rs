@@ -228,9 +228,16 @@ impl Worker {
                 .await
                 .unwrap()
                 .into_inner();
+            // An empty heartbeat now and then keeps the stream alive; the
+            // leases of `hang` tasks are never extended.
+            let mut beat = tokio::time::interval(Duration::from_millis(100));
             loop {
                 let msg = tokio::select! {
                     _ = s.cancelled() => return,
+                    _ = beat.tick() => {
+                        let _ = tx.send(send(pb::work_request::Msg::Heartbeat(Default::default()))).await;
+                        continue;
+                    }
                     m = inbound.message() => match m { Ok(Some(m)) => m, _ => return },
                 };
                 match msg.msg {
