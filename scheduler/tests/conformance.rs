@@ -48,6 +48,9 @@ conformance!(
     schedule_to_start_deadline,
     outbox_in_order,
     logs_workflows_and_listing,
+    schedule_to_start_is_per_attempt,
+    retry_revives_only_what_can_finish,
+    unheld_leases_return_or_fail,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -738,4 +741,179 @@ async fn logs_workflows_and_listing(s: Store) {
     };
     assert_eq!(s.list_runs(&by("user/test"), 10).await.unwrap().len(), 5);
     assert!(s.list_runs(&by("user/other"), 10).await.unwrap().is_empty());
+}
+
+/// Defect: the first attempt's schedule-to-start deadline outlived its
+/// lease, so a retry due after it died "not started within".
+async fn schedule_to_start_is_per_attempt(s: Store) {
+    let sub = run(
+        vec![T::new("t").deadline(500).attempts(3)],
+        None,
+        FailurePolicy::FailFast,
+        T0,
+    );
+    let run_id = sub.run.id.clone();
+    submit(&s, sub, T0).await;
+    let t = claims(&s, T0 + 100, vec![claim("w", 1)]).await.remove(0);
+    assert_eq!(
+        t.schedule_deadline, 0,
+        "a started attempt has no start deadline"
+    );
+    // Attempt 1 fails a second after the task became ready.
+    assert_eq!(fail(&s, T0 + 1000, &t, "flaky").await, OpResult::Done);
+    let failed = task(&s, &t.id).await;
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(failed.schedule_deadline, failed.ready_at + 500);
+    sweep(&s, failed.ready_at).await;
+    assert_eq!(task(&s, &t.id).await.state, TaskState::Failed);
+    let t2 = claims(&s, failed.ready_at, vec![claim("w", 1)])
+        .await
+        .remove(0);
+    assert_eq!(t2.attempt, 2, "attempt 2 runs");
+    // A retry nobody starts in time still times out, from when it was due.
+    assert_eq!(
+        fail(&s, failed.ready_at + 10, &t2, "flaky").await,
+        OpResult::Done
+    );
+    let waiting = task(&s, &t.id).await;
+    sweep(&s, waiting.ready_at + 499).await;
+    assert_eq!(task(&s, &t.id).await.state, TaskState::Failed);
+    sweep(&s, waiting.ready_at + 500).await;
+    let dead = task(&s, &t.id).await;
+    assert_eq!(dead.state, TaskState::Dead);
+    assert_eq!(dead.error.unwrap().kind, "schedule_to_start_timeout");
+    assert_eq!(run_state(&s, &run_id).await, RunState::Failed);
+}
+
+/// Defect: retrying a sibling revived tasks whose upstream was still dead;
+/// they stayed PENDING and the run RUNNING forever.
+async fn retry_revives_only_what_can_finish(s: Store) {
+    for policy in [FailurePolicy::FailFast, FailurePolicy::Continue] {
+        let sub = run(
+            vec![
+                T::new("a").attempts(1),
+                T::new("c").deps(&["a"]),
+                T::new("b").attempts(1),
+            ],
+            None,
+            policy,
+            T0,
+        );
+        let run_id = sub.run.id.clone();
+        submit(&s, sub, T0).await;
+        let leased = claims(&s, T0, vec![claim("w", 2)]).await;
+        let a = leased.iter().find(|t| t.key == "a").unwrap();
+        let b = leased.iter().find(|t| t.key == "b").unwrap();
+        fail(&s, T0 + 1, a, "flaky").await;
+        if policy == FailurePolicy::Continue {
+            fail(&s, T0 + 2, b, "flaky").await;
+        }
+        assert_eq!(run_state(&s, &run_id).await, RunState::Failed);
+        // B is retried while A stays dead.
+        let retried = op(
+            &s,
+            T0 + 3,
+            Op::Retry {
+                task_id: b.id.clone(),
+            },
+        )
+        .await;
+        assert_eq!(retried, OpResult::Done, "{policy:?}");
+        assert_eq!(run_state(&s, &run_id).await, RunState::Running);
+        let b2 = claims(&s, T0 + 3, vec![claim("w", 2)]).await;
+        assert_eq!(b2.len(), 1, "only B runs again ({policy:?})");
+        assert_eq!(b2[0].key, "b");
+        let done = s
+            .apply(Batch {
+                now: T0 + 4,
+                ops: vec![Op::Complete {
+                    lease: lease_of(&b2[0]),
+                    outcome: Outcome::Success {
+                        output: "{}".into(),
+                    },
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.finished.len(), 1, "the run ends ({policy:?})");
+        let (run, tasks) = s.get_run(&run_id).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Failed);
+        let c = tasks.iter().find(|t| t.key == "c").unwrap();
+        assert_eq!(c.state, TaskState::Cancelled, "C's upstream is still dead");
+        // Retrying A itself revives C behind it.
+        op(
+            &s,
+            T0 + 5,
+            Op::Retry {
+                task_id: a.id.clone(),
+            },
+        )
+        .await;
+        let (_, tasks) = s.get_run(&run_id).await.unwrap().unwrap();
+        let c = tasks.iter().find(|t| t.key == "c").unwrap();
+        assert_eq!((c.state, c.deps_pending), (TaskState::Pending, 1));
+    }
+}
+
+/// A reconnecting worker lists what it holds: its other leases never
+/// reached it (same process) and go back unspent, or were lost with its
+/// previous process and count as failed attempts.
+async fn unheld_leases_return_or_fail(s: Store) {
+    let sub = run(
+        vec![T::new("x"), T::new("y"), T::new("z")],
+        None,
+        FailurePolicy::Continue,
+        T0,
+    );
+    submit(&s, sub, T0).await;
+    let leased = claims(&s, T0, vec![claim("w", 3)]).await;
+    assert_eq!(leased.len(), 3);
+    let reconcile = |held: Vec<Lease>, resumed| Op::Reconcile {
+        worker_id: "w".into(),
+        held,
+        resumed,
+    };
+    let kept = op(&s, T0 + 1, reconcile(vec![lease_of(&leased[0])], true)).await;
+    let OpResult::Held(kept) = kept else {
+        panic!("{kept:?}")
+    };
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, lease_of(&leased[0]));
+    assert_eq!(kept[0].1, leased[0].run_id);
+    for t in &leased[1..] {
+        let back = task(&s, &t.id).await;
+        assert_eq!((back.state, back.attempt), (TaskState::Ready, 0), "unspent");
+    }
+    // Another worker's claim of a lease is no claim at all.
+    let other = Op::Reconcile {
+        worker_id: "intruder".into(),
+        held: vec![lease_of(&leased[0])],
+        resumed: true,
+    };
+    assert_eq!(op(&s, T0 + 2, other).await, OpResult::Held(vec![]));
+    // The worker's process restarted: what it held is lost.
+    let again = claims(&s, T0 + 3, vec![claim("w", 3)]).await;
+    assert_eq!(again.len(), 2);
+    op(&s, T0 + 4, reconcile(vec![], false)).await;
+    for t in leased.iter() {
+        let lost = task(&s, &t.id).await;
+        assert_eq!(lost.state, TaskState::Failed, "{}", t.key);
+        assert_eq!(lost.attempt, 1);
+        assert_eq!(lost.error.unwrap().kind, "worker_lost");
+    }
+    // A lease that could not be delivered goes back unspent too.
+    let t = claims(&s, T0 + 5_000, vec![claim("w", 1)]).await.remove(0);
+    let released = op(
+        &s,
+        T0 + 5_001,
+        Op::Release {
+            lease: lease_of(&t),
+            undelivered: true,
+        },
+    )
+    .await;
+    assert_eq!(released, OpResult::Done);
+    let back = task(&s, &t.id).await;
+    assert_eq!((back.state, back.attempt), (TaskState::Ready, 1));
 }

@@ -23,6 +23,8 @@ pub struct Mesh {
     pub pki: TestPki,
     pub registry: String,
     pub scheduler: String,
+    /// The scheduler's database, for more schedulers on it.
+    pub db_url: String,
     pub stop: CancellationToken,
     pub scheduler_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dirs: Vec<tempfile::TempDir>,
@@ -73,27 +75,12 @@ impl Mesh {
             }
             Db::Postgres => devcycle::testkit::fresh_postgres().await,
         };
-        let sched = devcycle_scheduler::start(
-            devcycle_scheduler::Options {
-                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-                tls: pki.identity(Kind::Service, "scheduler"),
-                db: Database::open(&url).await.unwrap(),
-                registry: registry.addr.to_string(),
-                bus,
-                topic_prefix: "devcycle".into(),
-                heartbeat_interval: Duration::from_millis(200),
-                gateway: TestPki::id(Kind::Service, "gateway"),
-                health_grace: Duration::ZERO,
-                drain: Duration::from_millis(200),
-            },
-            stop.clone(),
-        )
-        .await
-        .unwrap();
+        let sched = start_scheduler(&pki, &url, &registry.addr.to_string(), bus, &stop).await;
         let mesh = Self {
             pki,
             registry: registry.addr.to_string(),
             scheduler: sched.addr.to_string(),
+            db_url: url,
             stop,
             scheduler_task: Some(sched.task),
             _dirs: dirs,
@@ -140,6 +127,55 @@ impl Mesh {
         mesh
     }
 
+    /// Another scheduler on the same database (a replica); its address.
+    pub async fn replica(&self) -> String {
+        let bus = Arc::new(devcycle::bus::InProcessBus::default());
+        let r = start_scheduler(&self.pki, &self.db_url, &self.registry, bus, &self.stop).await;
+        r.addr.to_string()
+    }
+
+    pub fn client_of(&self, scheduler: &str) -> SchedulerClient<Channel> {
+        let ch = devcycle::client::channel(
+            &self.user(),
+            scheduler,
+            TestPki::id(Kind::Service, "scheduler"),
+        )
+        .unwrap();
+        SchedulerClient::new(ch)
+    }
+
+    /// A worker stream driven by the test, message by message.
+    pub async fn raw_worker(
+        &self,
+        scheduler: &str,
+        id: &str,
+        session: u64,
+        held: Vec<pb::LeaseRef>,
+    ) -> RawWorker {
+        let ch = devcycle::client::channel(
+            &self.pki.identity(Kind::Worker, id),
+            scheduler,
+            TestPki::id(Kind::Service, "scheduler"),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(pb::WorkRequest {
+            msg: Some(pb::work_request::Msg::Hello(pb::WorkerHello {
+                worker_id: id.into(),
+                held,
+                session,
+                ..Default::default()
+            })),
+        })
+        .unwrap();
+        let inbound = SchedulerClient::new(ch)
+            .work(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawWorker { tx, inbound }
+    }
+
     pub fn user(&self) -> Arc<MeshTls> {
         self.pki.identity(Kind::User, "tester")
     }
@@ -175,6 +211,74 @@ impl Mesh {
             id,
             slots,
         )
+    }
+}
+
+async fn start_scheduler(
+    pki: &TestPki,
+    url: &str,
+    registry: &str,
+    bus: Arc<dyn devcycle::bus::EventBus>,
+    stop: &CancellationToken,
+) -> devcycle_scheduler::Running {
+    devcycle_scheduler::start(
+        devcycle_scheduler::Options {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tls: pki.identity(Kind::Service, "scheduler"),
+            db: Database::open(url).await.unwrap(),
+            registry: registry.to_owned(),
+            bus,
+            topic_prefix: "devcycle".into(),
+            heartbeat_interval: Duration::from_millis(200),
+            gateway: TestPki::id(Kind::Service, "gateway"),
+            health_grace: Duration::ZERO,
+            drain: Duration::from_millis(200),
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// One Work stream, each message sent and read by the test.
+pub struct RawWorker {
+    pub tx: mpsc::UnboundedSender<pb::WorkRequest>,
+    pub inbound: tonic::Streaming<pb::WorkResponse>,
+}
+
+impl RawWorker {
+    pub fn send(&self, m: pb::work_request::Msg) {
+        let _ = self.tx.send(pb::WorkRequest { msg: Some(m) });
+    }
+
+    pub fn credit(&self, n: u32) {
+        self.send(pb::work_request::Msg::Credit(pb::CreditGrant {
+            credits: n,
+        }));
+    }
+
+    /// The next message other than welcomes and heartbeat acks, within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<pb::work_response::Msg> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .ok()?
+                .ok()??;
+            match m.msg {
+                Some(pb::work_response::Msg::Welcome(_))
+                | Some(pb::work_response::Msg::HeartbeatAck(_))
+                | None => continue,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn assignment(&mut self, within: Duration) -> pb::Assignment {
+        match self.next(within).await {
+            Some(pb::work_response::Msg::Assignment(a)) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
     }
 }
 
