@@ -117,7 +117,8 @@ pub struct Running {
 }
 
 /// Starts the worker and its control plane. On `shutdown` it drains: no new
-/// work, running tasks get `drain` to finish, then are handed back.
+/// work, running tasks get `drain` to finish, then are stopped and reported
+/// as failed attempts (`worker_drained`, retryable): they had started.
 pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let addr = opts.listener.local_addr()?;
     let worker_id = opts.tls.id().name().to_owned();

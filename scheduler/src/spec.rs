@@ -13,6 +13,8 @@ use crate::template::{self, Ref};
 pub const MAX_TASKS: usize = 1000;
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
 const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Below this a lease could not be renewed reliably over a network.
+const MIN_HEARTBEAT_MS: u64 = 100;
 
 /// What runs a task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -387,6 +389,12 @@ fn timeouts(t: Option<&pb::Timeouts>, field: &str) -> Result<Timeouts, FieldErro
             Ok(v)
         }
     };
+    if t.heartbeat_ms > 0 && t.heartbeat_ms < MIN_HEARTBEAT_MS {
+        return Err(err(
+            format!("{field}.heartbeat_ms"),
+            "must be at least 100 ms (workers heartbeat a lease at a third of it)",
+        ));
+    }
     Ok(Timeouts {
         schedule_to_start_ms: pick(t.schedule_to_start_ms, 0, "schedule_to_start_ms")?,
         start_to_close_ms: pick(

@@ -100,6 +100,16 @@ async fn bad_input_is_named() {
         Code::InvalidArgument,
         "input schema",
     );
+    let mut quick = task("a", "noop", &[], "");
+    quick.timeouts = Some(pb::Timeouts {
+        heartbeat_ms: 50,
+        ..Default::default()
+    });
+    expect_err(
+        c.submit_run(inline(vec![quick])).await,
+        Code::InvalidArgument,
+        "spec.tasks[0].timeouts.heartbeat_ms",
+    );
     let mut cap = task("a", "noop", &[], "");
     cap.target = Some(pb::task_spec::Target::Capability("no.such".into()));
     expect_err(

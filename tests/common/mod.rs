@@ -172,21 +172,33 @@ drain_ms = 2000
 
     /// `devcycle scheduler` on the cluster's scheduler address.
     pub fn spawn_scheduler(&self) -> Proc {
+        self.spawn_scheduler_with(&[])
+    }
+
+    /// `devcycle scheduler` with extra `DEVCYCLE_*` settings.
+    pub fn spawn_scheduler_with(&self, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = self.scheduler_command(&self.scheduler);
+        cmd.0.envs(env.iter().copied());
+        let p = Proc {
+            child: cmd.0.spawn().unwrap(),
+            log: cmd.1,
+        };
+        wait_for_port(&self.scheduler);
+        p
+    }
+
+    /// The command of a scheduler listening on `listen`, and its log.
+    pub fn scheduler_command(&self, listen: &str) -> (Command, PathBuf) {
         let (mut cmd, log) =
             self.command(&format!("scheduler-{}.log", uuid::Uuid::new_v4().simple()));
         cmd.args([
             "scheduler",
             "--listen",
-            &self.scheduler,
+            listen,
             "--registry",
             &self.registry,
         ]);
-        let p = Proc {
-            child: cmd.spawn().unwrap(),
-            log,
-        };
-        wait_for_port(&self.scheduler);
-        p
+        (cmd, log)
     }
 
     /// `devcycle executor` as worker `id`.
