@@ -118,7 +118,9 @@ pub struct ExecutorConfig {
     pub listen: SocketAddr,
     /// This worker's id: its certificate is `worker/<id>`.
     pub worker_id: String,
-    /// host:port of the scheduler and the registry.
+    /// host:port of the scheduler, or of several replicas separated by
+    /// commas (the worker moves to the next when its stream breaks); and of
+    /// the registry.
     pub scheduler: String,
     pub registry: String,
     /// Tasks run at once.

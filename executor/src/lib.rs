@@ -143,12 +143,24 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     });
     let trust = opts.tls.trust_domain().to_owned();
     let service = |name: &str| SpiffeId::service(&trust, name).expect("service names are valid");
-    let scheduler = SchedulerClient::new(devcycle::client::channel(
-        &opts.tls,
-        &opts.scheduler,
-        service("scheduler"),
-    )?)
-    .max_decoding_message_size(16 * 1024 * 1024);
+    let schedulers = opts
+        .scheduler
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|addr| {
+            Ok(SchedulerClient::new(devcycle::client::channel(
+                &opts.tls,
+                addr,
+                service("scheduler"),
+            )?)
+            .max_decoding_message_size(16 * 1024 * 1024))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        !schedulers.is_empty(),
+        "executor.scheduler: at least one host:port is required"
+    );
     let registry = AgentRegistryClient::new(devcycle::client::channel(
         &opts.tls,
         &opts.registry,
@@ -160,7 +172,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         worker::Worker {
             state: Arc::clone(&state),
             env,
-            scheduler,
+            schedulers,
         }
         .run(stop.clone()),
     );

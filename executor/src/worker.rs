@@ -202,19 +202,22 @@ impl State {
 pub struct Worker {
     pub state: Arc<State>,
     pub env: Arc<Env>,
-    pub scheduler: SchedulerClient<Channel>,
+    /// Scheduler replicas; a broken stream moves to the next.
+    pub schedulers: Vec<SchedulerClient<Channel>>,
 }
 
 impl Worker {
     /// Runs until `stop` and every task is done or handed back.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut next = 0;
         loop {
             if stop.is_cancelled() && self.state.in_flight() == 0 && self.state.unacked_is_empty() {
                 break;
             }
             let opened = Instant::now();
-            match self.session(&stop).await {
+            let scheduler = &self.schedulers[next % self.schedulers.len()];
+            match self.session(scheduler, &stop).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.state.connected.store(false, Ordering::Relaxed);
@@ -222,6 +225,7 @@ impl Worker {
                     if opened.elapsed() > Duration::from_secs(10) {
                         backoff = Duration::from_millis(100);
                     }
+                    next += 1;
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "work stream lost; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -234,7 +238,11 @@ impl Worker {
     }
 
     /// One stream; `Ok` when stopping cleanly, `Err` when the stream broke.
-    async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
+    async fn session(
+        &self,
+        scheduler: &SchedulerClient<Channel>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let st = &self.state;
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = {
@@ -267,7 +275,7 @@ impl Worker {
             }
             m
         });
-        let mut inbound = self.scheduler.clone().work(outgoing).await?.into_inner();
+        let mut inbound = scheduler.clone().work(outgoing).await?.into_inner();
         st.connected.store(true, Ordering::Relaxed);
         tracing::info!(worker_id = %st.worker_id, "connected to the scheduler");
         let mut interval = Duration::from_secs(5);
