@@ -348,12 +348,14 @@ impl Core {
                 lease,
                 outcome,
             } => {
-                self.pending.claimable = true;
                 let op = Op::Complete {
                     lease: lease.clone(),
                     outcome,
                 };
-                self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
+                if let Some(op) = self.from_worker(conn, op) {
+                    self.pending.claimable = true;
+                    self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
+                }
             }
             Cmd::Heartbeat { conn, leases } => {
                 let group = self.pending.heartbeat_groups;
@@ -362,18 +364,22 @@ impl Core {
                     let op = Op::Heartbeat {
                         lease: lease.clone(),
                     };
-                    self.pending
-                        .ops
-                        .push((op, ReplyTo::Heartbeat { conn, group, lease }));
+                    if let Some(op) = self.from_worker(conn, op) {
+                        self.pending
+                            .ops
+                            .push((op, ReplyTo::Heartbeat { conn, group, lease }));
+                    }
                 }
             }
             Cmd::Release { conn, lease } => {
-                self.pending.claimable = true;
                 let op = Op::Release {
                     lease: lease.clone(),
                     undelivered: false,
                 };
-                self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
+                if let Some(op) = self.from_worker(conn, op) {
+                    self.pending.claimable = true;
+                    self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
+                }
             }
             Cmd::Progress {
                 conn,
@@ -452,6 +458,16 @@ impl Core {
                 leases: HashMap::new(),
             },
         );
+    }
+
+    /// `op` as sent by the worker of stream `conn`; nothing if the stream
+    /// was closed here (the worker sends it again on its next stream).
+    fn from_worker(&self, conn: u64, op: Op) -> Option<Op> {
+        let w = self.workers.get(&conn)?;
+        Some(Op::Worker {
+            worker_id: w.worker_id.clone(),
+            op: Box::new(op),
+        })
     }
 
     fn close(&mut self, conn: u64, why: Status) {

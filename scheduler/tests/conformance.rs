@@ -51,6 +51,7 @@ conformance!(
     schedule_to_start_is_per_attempt,
     retry_revives_only_what_can_finish,
     unheld_leases_return_or_fail,
+    a_lease_is_trusted_only_from_its_worker,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -879,8 +880,8 @@ async fn unheld_leases_return_or_fail(s: Store) {
         panic!("{kept:?}")
     };
     assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].0, lease_of(&leased[0]));
-    assert_eq!(kept[0].1, leased[0].run_id);
+    assert_eq!(kept[0].lease, lease_of(&leased[0]));
+    assert_eq!(kept[0].run_id, leased[0].run_id);
     for t in &leased[1..] {
         let back = task(&s, &t.id).await;
         assert_eq!((back.state, back.attempt), (TaskState::Ready, 0), "unspent");
@@ -916,4 +917,35 @@ async fn unheld_leases_return_or_fail(s: Store) {
     assert_eq!(released, OpResult::Done);
     let back = task(&s, &t.id).await;
     assert_eq!((back.state, back.attempt), (TaskState::Ready, 1));
+}
+
+/// A lease id is a capability only in the hands of the worker it was given
+/// to: another worker that learns it cannot complete or extend the task.
+async fn a_lease_is_trusted_only_from_its_worker(s: Store) {
+    let sub = run(vec![T::new("t")], None, FailurePolicy::FailFast, T0);
+    submit(&s, sub, T0).await;
+    let t = claims(&s, T0, vec![claim("w", 1)]).await.remove(0);
+    let from = |worker: &str, op: Op| Op::Worker {
+        worker_id: worker.into(),
+        op: Box::new(op),
+    };
+    let done = || Op::Complete {
+        lease: lease_of(&t),
+        outcome: Outcome::Success {
+            output: r#"{"by":"intruder"}"#.into(),
+        },
+    };
+    let r = op(&s, T0 + 1, from("intruder", done())).await;
+    assert!(matches!(r, OpResult::Rejected(Reject::Stale(_))), "{r:?}");
+    let hb = Op::Heartbeat {
+        lease: lease_of(&t),
+    };
+    let r = op(&s, T0 + 1, from("intruder", hb.clone())).await;
+    assert!(matches!(r, OpResult::Rejected(_)), "{r:?}");
+    assert_eq!(task(&s, &t.id).await.state, TaskState::Leased);
+    assert!(matches!(
+        op(&s, T0 + 2, from("w", hb)).await,
+        OpResult::Extended(_)
+    ));
+    assert_eq!(op(&s, T0 + 3, from("w", done())).await, OpResult::Done);
 }

@@ -217,3 +217,89 @@ async fn a_silent_stream_loses_its_credits() {
         1
     );
 }
+
+fn logs(lease: &pb::LeaseRef, lines: &[&str]) -> pb::work_request::Msg {
+    pb::work_request::Msg::Logs(pb::TaskLogs {
+        lease: Some(lease.clone()),
+        lines: lines
+            .iter()
+            .map(|l| pb::LogLine {
+                stream: "stdout".into(),
+                line: (*l).into(),
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+/// Defect: any worker could write log lines into any task (log messages
+/// were not checked against the lease). Now only the stream holding the
+/// lease writes its logs, and only while it holds it.
+#[tokio::test]
+async fn logs_are_fenced_like_results() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let mut owner = m.raw_worker(&m.scheduler, "owner", 1, vec![]).await;
+    owner.credit(1);
+    let mut c = m.client();
+    let run = c
+        .submit_task(one("hang", 30_000, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let lease = owner
+        .assignment(Duration::from_secs(5))
+        .await
+        .lease
+        .unwrap();
+    // Another worker that learned the lease writes, then tries to release
+    // it; the refusal of the release shows its logs were handled first.
+    let mut thief = m.raw_worker(&m.scheduler, "thief", 1, vec![]).await;
+    thief.send(logs(&lease, &["forged"]));
+    thief.send(pb::work_request::Msg::Release(lease.clone()));
+    match thief.next(Duration::from_secs(5)).await {
+        Some(pb::work_response::Msg::ResultAck(a)) => assert!(!a.accepted, "{a:?}"),
+        other => panic!("{other:?}"),
+    }
+    owner.send(logs(&lease, &["one", "two"]));
+    owner.send(pb::work_request::Msg::Result(pb::TaskResult {
+        lease: Some(lease.clone()),
+        outcome: Some(pb::task_result::Outcome::Output("{}".into())),
+        ..Default::default()
+    }));
+    match owner.next(Duration::from_secs(5)).await {
+        Some(pb::work_response::Msg::ResultAck(a)) => assert!(a.accepted, "{a:?}"),
+        other => panic!("{other:?}"),
+    }
+    // After its result, the owner no longer holds the lease either.
+    owner.send(logs(&lease, &["late"]));
+    owner.send(pb::work_request::Msg::Heartbeat(pb::LeaseHeartbeat {
+        leases: vec![lease.clone()],
+    }));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = tokio::time::timeout_at(deadline.into(), owner.inbound.message())
+            .await
+            .expect("a heartbeat answer")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::work_response::Msg::HeartbeatAck(a)) = m.msg {
+            assert_eq!(a.lost.len(), 1);
+            break;
+        }
+    }
+    let lines: Vec<String> = c
+        .get_task_logs(pb::GetTaskLogsRequest {
+            task_id: run.tasks[0].id.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, ["one", "two"]);
+}

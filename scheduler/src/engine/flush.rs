@@ -207,8 +207,10 @@ impl Core {
                 }
                 ReplyTo::Reconcile { conn } => {
                     if let (OpResult::Held(kept), Some(w)) = (result, self.workers.get_mut(&conn)) {
-                        for (lease, run_id) in kept {
-                            w.leases.insert(lease.task_id.clone(), held(&lease, run_id));
+                        for k in kept {
+                            let mut h = held(&k.lease, k.run_id);
+                            h.log_lines = k.log_lines;
+                            w.leases.insert(k.lease.task_id.clone(), h);
                         }
                     }
                 }

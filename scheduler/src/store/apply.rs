@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::{Applied, Batch, Claim, Op, OpResult, TxOps};
+use super::{Applied, Batch, Claim, HeldLease, Op, OpResult, TxOps};
 use crate::error::Result;
 use crate::machine::{Machine, Reject};
 use crate::model::*;
@@ -57,7 +57,7 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
         // Per reconciling worker: the tasks the database says it holds.
         let mut leased_to: HashMap<String, Vec<String>> = HashMap::new();
         for op in &batch.ops {
-            match op {
+            match op.inner() {
                 Op::Complete { lease, .. }
                 | Op::Heartbeat { lease }
                 | Op::Release { lease, .. }
@@ -66,6 +66,7 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                 Op::CancelRun { run_id, .. } => {
                     run_ids.insert(run_id.clone());
                 }
+                Op::Worker { .. } => unreachable!("inner() unwraps senders"),
                 Op::Reconcile { worker_id, .. } => {
                     if !leased_to.contains_key(worker_id) {
                         let ids = tx.leased_to(worker_id).await?;
@@ -95,6 +96,20 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
             }
         }
         for op in batch.ops {
+            let (sender, op) = match op {
+                Op::Worker { worker_id, op } => (Some(worker_id), *op),
+                op => (None, op),
+            };
+            if let (Some(w), Some(lease)) = (&sender, op.lease())
+                && let Some(t) = m.task(&lease.task_id)
+                && t.worker_id != *w
+            {
+                out.results.push(OpResult::Rejected(Reject::Stale(format!(
+                    "task {} is not leased to worker {w}",
+                    lease.task_id
+                ))));
+                continue;
+            }
             let r = match op {
                 Op::Complete { lease, outcome } => {
                     m.complete(&lease, outcome).map(|_| OpResult::Done)
@@ -123,13 +138,23 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                     }
                 }
                 Op::Retry { task_id } => m.retry(&task_id).map(|_| OpResult::Done),
+                Op::Worker { .. } => unreachable!("unwrapped above"),
                 Op::Reconcile {
                     worker_id,
                     held,
                     resumed,
                 } => {
                     let ids = leased_to.get(&worker_id).map(Vec::as_slice).unwrap_or(&[]);
-                    Ok(OpResult::Held(m.reconcile(&worker_id, ids, &held, resumed)))
+                    let mut kept = Vec::new();
+                    for (lease, run_id) in m.reconcile(&worker_id, ids, &held, resumed) {
+                        let log_lines = tx.log_lines(&lease.task_id, lease.attempt).await?;
+                        kept.push(HeldLease {
+                            lease,
+                            run_id,
+                            log_lines,
+                        });
+                    }
+                    Ok(OpResult::Held(kept))
                 }
             };
             out.results.push(r.unwrap_or_else(OpResult::Rejected));

@@ -64,6 +64,12 @@ pub enum Op {
     Retry {
         task_id: String,
     },
+    /// `op`, sent by worker `worker_id` over its stream: applied only if
+    /// the lease it names was given to that worker.
+    Worker {
+        worker_id: String,
+        op: Box<Op>,
+    },
     /// A worker (re)connected holding `held`; its other leases are returned
     /// (`resumed`: they never reached it) or failed (its process restarted).
     Reconcile {
@@ -74,9 +80,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation itself, without who sent it.
+    pub fn inner(&self) -> &Op {
+        match self {
+            Op::Worker { op, .. } => op.inner(),
+            op => op,
+        }
+    }
+
     /// The lease an operation from a worker names.
     pub fn lease(&self) -> Option<&Lease> {
-        match self {
+        match self.inner() {
             Op::Complete { lease, .. }
             | Op::Heartbeat { lease }
             | Op::Release { lease, .. }
@@ -91,9 +105,20 @@ pub enum OpResult {
     Done,
     /// A heartbeat: the lease's new expiry.
     Extended(i64),
-    /// A reconcile: the leases the worker validly holds, with their runs.
-    Held(Vec<(Lease, String)>),
+    /// A reconcile: the leases the worker validly holds, with their runs
+    /// and the log lines already stored for each.
+    Held(Vec<HeldLease>),
     Rejected(Reject),
+}
+
+/// A lease a reconnected worker still holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub lease: Lease,
+    pub run_id: String,
+    /// Log lines stored for this attempt so far (the per-attempt bound
+    /// holds across streams).
+    pub log_lines: u32,
 }
 
 /// A worker with free slots: lease it up to `max` tasks.
@@ -201,6 +226,8 @@ pub trait TxOps {
         agents: &[AgentSpecRow],
     ) -> Result<()>;
     async fn next_due(&mut self, now: i64) -> Result<Option<i64>>;
+    /// Log lines stored for one attempt of a task.
+    async fn log_lines(&mut self, task_id: &str, attempt: u32) -> Result<u32>;
     /// Ids of the tasks leased to `worker_id`.
     async fn leased_to(&mut self, worker_id: &str) -> Result<Vec<String>>;
     /// Sends payloads to other schedulers when the transaction commits (a

@@ -369,6 +369,17 @@ impl TxOps for PgTx<'_> {
         Ok(())
     }
 
+    async fn log_lines(&mut self, task_id: &str, attempt: u32) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sched_task_logs WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task_id)
+        .bind(i64::from(attempt))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
     async fn leased_to(&mut self, worker_id: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM sched_tasks WHERE state = 'leased' AND worker_id = $1",

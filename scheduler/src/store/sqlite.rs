@@ -602,6 +602,14 @@ impl TxOps for SqliteTx<'_> {
         Ok(stmt.query_row([now], |r| r.get(0))?)
     }
 
+    async fn log_lines(&mut self, task_id: &str, attempt: u32) -> Result<u32> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM sched_task_logs WHERE task_id = ?1 AND attempt = ?2",
+        )?;
+        let n: i64 = stmt.query_row(rusqlite::params![task_id, attempt], |r| r.get(0))?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
     async fn leased_to(&mut self, worker_id: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id FROM sched_tasks WHERE state = 'leased' AND worker_id = ?1",
