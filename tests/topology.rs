@@ -446,7 +446,7 @@ capabilities: [test.nap]
                 if i >= TASKS {
                     return;
                 }
-                let req = if i % (TASKS / NAPS) == 0 {
+                let req = if i.is_multiple_of(TASKS / NAPS) {
                     one("nap", format!("topo-{i}"), 1500)
                 } else {
                     one("noop", format!("topo-{i}"), 2000)
@@ -732,7 +732,7 @@ capabilities: [test.nap]
                 let mut calls = tokio::task::JoinSet::new();
                 for _ in 0..per_tick {
                     n += 1;
-                    let agent = if n % 20 == 0 { "nap" } else { "noop" };
+                    let agent = if n.is_multiple_of(20) { "nap" } else { "noop" };
                     let req = one(agent, format!("topo-soak-{n}"), 2000);
                     let mut clients = clients.clone();
                     let first = n % 2;

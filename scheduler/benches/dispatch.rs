@@ -95,6 +95,8 @@ fn worker(engine: &Engine) {
             conn,
             worker_id: "bench".into(),
             agents: vec![],
+            held: vec![],
+            session: 1,
             tx,
         }))
         .unwrap();

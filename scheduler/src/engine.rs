@@ -352,7 +352,7 @@ impl Core {
                     lease: lease.clone(),
                     outcome,
                 };
-                if let Some(op) = self.from_worker(conn, op) {
+                if let Some(op) = self.sent_by(conn, op) {
                     self.pending.claimable = true;
                     self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
                 }
@@ -364,7 +364,7 @@ impl Core {
                     let op = Op::Heartbeat {
                         lease: lease.clone(),
                     };
-                    if let Some(op) = self.from_worker(conn, op) {
+                    if let Some(op) = self.sent_by(conn, op) {
                         self.pending
                             .ops
                             .push((op, ReplyTo::Heartbeat { conn, group, lease }));
@@ -376,7 +376,7 @@ impl Core {
                     lease: lease.clone(),
                     undelivered: false,
                 };
-                if let Some(op) = self.from_worker(conn, op) {
+                if let Some(op) = self.sent_by(conn, op) {
                     self.pending.claimable = true;
                     self.pending.ops.push((op, ReplyTo::Result { conn, lease }));
                 }
@@ -462,7 +462,7 @@ impl Core {
 
     /// `op` as sent by the worker of stream `conn`; nothing if the stream
     /// was closed here (the worker sends it again on its next stream).
-    fn from_worker(&self, conn: u64, op: Op) -> Option<Op> {
+    fn sent_by(&self, conn: u64, op: Op) -> Option<Op> {
         let w = self.workers.get(&conn)?;
         Some(Op::Worker {
             worker_id: w.worker_id.clone(),
