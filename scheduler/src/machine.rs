@@ -749,13 +749,16 @@ impl Machine {
         let rendered = serde_json::from_str::<Value>(&self.tasks[id].input)
             .map_err(|e| format!("stored input is not JSON: {e}"))
             .and_then(|v| {
-                template::render(&v, &|r| match r {
-                    Ref::Input(n) => inputs.get(n).cloned(),
-                    Ref::Output { task, path } => outputs
-                        .get(task)
-                        .and_then(|o| template::select(o, path))
-                        .cloned(),
-                })
+                template::render(
+                    &v,
+                    &|r| match r {
+                        Ref::Input(n) => inputs.get(n),
+                        Ref::Output { task, path } => {
+                            outputs.get(task).and_then(|o| template::select(o, path))
+                        }
+                    },
+                    template::MAX_RENDERED_BYTES,
+                )
             });
         match rendered {
             Ok(v) => {

@@ -13,6 +13,8 @@ use crate::template::{self, Ref};
 pub const MAX_TASKS: usize = 1000;
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
 const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Longest concurrency key, rendered.
+const MAX_KEY_BYTES: usize = 256;
 /// Below this a lease could not be renewed reliably over a network.
 const MIN_HEARTBEAT_MS: u64 = 100;
 
@@ -203,16 +205,20 @@ fn plan(
                 }
             }
             if with_inputs {
-                let rendered = template::render(&key, &|r| match r {
-                    Ref::Input(n) => inputs.get(n).cloned(),
-                    Ref::Output { .. } => None,
-                })
+                let rendered = template::render(
+                    &key,
+                    &|r| match r {
+                        Ref::Input(n) => inputs.get(n),
+                        Ref::Output { .. } => None,
+                    },
+                    MAX_KEY_BYTES + 2,
+                )
                 .map_err(|e| err(&kfield, e))?;
                 t.concurrency_key = match rendered {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
-                validate::max_bytes(&kfield, &t.concurrency_key, 256)?;
+                validate::max_bytes(&kfield, &t.concurrency_key, MAX_KEY_BYTES)?;
             }
         }
     }

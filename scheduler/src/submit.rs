@@ -97,10 +97,14 @@ pub fn build(
         let field = format!("{prefix}.tasks[{}].input", t.index);
         let root = t.depends_on.is_empty();
         let input = if root {
-            let rendered = template::render(&t.input, &|r| match r {
-                Ref::Input(n) => plan.inputs.get(n).cloned(),
-                Ref::Output { .. } => None,
-            })
+            let rendered = template::render(
+                &t.input,
+                &|r| match r {
+                    Ref::Input(n) => plan.inputs.get(n),
+                    Ref::Output { .. } => None,
+                },
+                template::MAX_RENDERED_BYTES,
+            )
             .map_err(|e| FieldError::new(&field, e))?;
             if let Some(v) = schemas.validator(agent)
                 && let Err(e) = v.validate(&rendered)

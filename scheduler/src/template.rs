@@ -102,51 +102,120 @@ fn walk(value: &Value, f: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<
     }
 }
 
+/// Largest rendered task input, as JSON text. Templates multiply: one
+/// `${inputs.x}` repeated in an input of a few hundred KiB could otherwise
+/// render to gigabytes.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
 /// Replaces every reference using `lookup`; fails naming the first
-/// reference it cannot resolve.
-pub fn render(value: &Value, lookup: &dyn Fn(&Ref) -> Option<Value>) -> Result<Value, String> {
+/// reference it cannot resolve, or once the result would pass `max_bytes`
+/// of JSON text — before the copy that would pass it is made, so rendering
+/// never holds much more than `max_bytes`.
+pub fn render<'v>(
+    value: &Value,
+    lookup: &dyn Fn(&Ref) -> Option<&'v Value>,
+    max_bytes: usize,
+) -> Result<Value, String> {
+    let mut budget = Budget {
+        left: max_bytes,
+        max: max_bytes,
+    };
+    render_in(value, lookup, &mut budget)
+}
+
+struct Budget {
+    left: usize,
+    max: usize,
+}
+
+impl Budget {
+    fn spend(&mut self, n: usize) -> Result<(), String> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(format!("renders to more than {} bytes", self.max)),
+        }
+    }
+}
+
+/// The length of `v` as JSON text, without writing it anywhere.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+fn render_in<'v>(
+    value: &Value,
+    lookup: &dyn Fn(&Ref) -> Option<&'v Value>,
+    budget: &mut Budget,
+) -> Result<Value, String> {
+    let find = |r: &Ref| lookup(r).ok_or_else(|| format!("{r} is not available"));
     Ok(match value {
         Value::String(s) => {
             let pieces = parse(s)?;
-            match pieces.as_slice() {
-                [Piece::Ref(r)] => lookup(r).ok_or_else(|| format!("{r} is not available"))?,
-                _ if pieces.iter().all(|p| matches!(p, Piece::Text(_))) => Value::String(
-                    pieces
-                        .into_iter()
-                        .map(|p| match p {
-                            Piece::Text(t) => t,
-                            Piece::Ref(_) => String::new(),
-                        })
-                        .collect(),
-                ),
-                _ => {
-                    let mut out = String::new();
-                    for p in pieces {
-                        match p {
-                            Piece::Text(t) => out.push_str(&t),
-                            Piece::Ref(r) => {
-                                match lookup(&r).ok_or_else(|| format!("{r} is not available"))? {
-                                    Value::String(s) => out.push_str(&s),
-                                    other => out.push_str(&other.to_string()),
-                                }
-                            }
-                        }
+            if let [Piece::Ref(r)] = pieces.as_slice() {
+                let v = find(r)?;
+                budget.spend(json_len(v))?;
+                return Ok(v.clone());
+            }
+            let mut out = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => {
+                        budget.spend(t.len())?;
+                        out.push_str(&t);
                     }
-                    Value::String(out)
+                    Piece::Ref(r) => match find(&r)? {
+                        Value::String(v) => {
+                            budget.spend(v.len())?;
+                            out.push_str(v);
+                        }
+                        other => {
+                            budget.spend(json_len(other))?;
+                            out.push_str(&other.to_string());
+                        }
+                    },
                 }
             }
+            budget.spend(2)?;
+            Value::String(out)
         }
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|v| render(v, lookup))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| Ok((k.clone(), render(v, lookup)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
+        Value::Array(a) => {
+            budget.spend(2 + a.len())?;
+            Value::Array(
+                a.iter()
+                    .map(|v| render_in(v, lookup, budget))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        Value::Object(o) => {
+            budget.spend(2)?;
+            Value::Object(
+                o.iter()
+                    .map(|(k, v)| {
+                        budget.spend(k.len() + 4)?;
+                        Ok((k.clone(), render_in(v, lookup, budget)?))
+                    })
+                    .collect::<Result<_, String>>()?,
+            )
+        }
+        other => {
+            budget.spend(json_len(other))?;
+            other.clone()
+        }
     })
 }
 
@@ -165,13 +234,33 @@ mod tests {
 
     use super::*;
 
-    fn lookup(r: &Ref) -> Option<Value> {
-        let build = json!({"artifact": "app.tar", "size": 42, "files": ["a", "b"]});
+    static BUILD: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+        || json!({"artifact": "app.tar", "size": 42, "files": ["a", "b"]}),
+    );
+    static REPO: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| json!("github.com/x/y"));
+
+    fn lookup(r: &Ref) -> Option<&'static Value> {
         match r {
-            Ref::Input(n) if n == "repo" => Some(json!("github.com/x/y")),
-            Ref::Output { task, path } if task == "build" => select(&build, path).cloned(),
+            Ref::Input(n) if n == "repo" => Some(&REPO),
+            Ref::Output { task, path } if task == "build" => select(&BUILD, path),
             _ => None,
         }
+    }
+
+    /// Defect: the input limit was checked before rendering, so a few
+    /// hundred KiB of `${inputs.x}` copies rendered to gigabytes.
+    #[test]
+    fn rendering_stops_at_its_budget() {
+        let big = Value::String("x".repeat(256 * 1024));
+        let lookup = |_: &Ref| Some(&big);
+        let many = Value::Array(vec![json!("${inputs.x}"); 18_000]);
+        let e = render(&many, &lookup, MAX_RENDERED_BYTES).unwrap_err();
+        assert!(e.contains("more than 1048576 bytes"), "{e}");
+        let mixed = Value::Array(vec![json!("a ${inputs.x} b"); 18_000]);
+        assert!(render(&mixed, &lookup, MAX_RENDERED_BYTES).is_err());
+        let one = json!({"x": "${inputs.x}"});
+        let out = render(&one, &lookup, MAX_RENDERED_BYTES).unwrap();
+        assert!(json_len(&out) <= MAX_RENDERED_BYTES);
     }
 
     #[test]
@@ -182,7 +271,7 @@ mod tests {
             "c": ["${tasks.build.output.files.1}", "cost: $$5"],
             "d": "${tasks.build.output}",
         });
-        let out = render(&input, &lookup).unwrap();
+        let out = render(&input, &lookup, MAX_RENDERED_BYTES).unwrap();
         assert_eq!(out["a"], json!(42));
         assert_eq!(out["b"], json!("size=42 of github.com/x/y"));
         assert_eq!(out["c"], json!(["b", "cost: $5"]));
@@ -201,7 +290,7 @@ mod tests {
         assert!(refs(&json!("${inputs..x}")).is_err());
         let r = refs(&json!({"k": ["${inputs.a}", "${tasks.b.output.c.0}"]})).unwrap();
         assert_eq!(r.len(), 2);
-        let err = render(&json!("${tasks.build.output.nope}"), &lookup).unwrap_err();
+        let err = render(&json!("${tasks.build.output.nope}"), &lookup, 1000).unwrap_err();
         assert!(err.contains("${tasks.build.output.nope}"), "{err}");
     }
 }

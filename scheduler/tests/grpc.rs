@@ -655,3 +655,56 @@ fn every_scheduler_method_has_a_policy_entry() {
         assert!(policy.has_entry(&m), "{m} has no policy entry");
     }
 }
+
+/// Defect: the input size limit was checked before rendering, so copies of
+/// one large input or upstream output rendered to gigabytes and exhausted
+/// the scheduler's memory. Rendering is bounded: at submit the input is
+/// refused naming its field; downstream, the task dies `input_template`.
+#[tokio::test]
+async fn template_multiplication_is_bounded() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let _w = m.worker("w1", 4);
+    let mut c = m.client();
+    // Just under the 256 KiB input limit, and gigabytes once rendered.
+    let copies = |r: &str| serde_json::to_string(&vec![r; 240_000 / (r.len() + 3)]).unwrap();
+    let big = serde_json::to_string(&"x".repeat(200 * 1024)).unwrap();
+    let mut spec = pb::WorkflowSpec {
+        name: "bomb".into(),
+        inputs: vec![pb::WorkflowInput {
+            name: "x".into(),
+            required: true,
+            ..Default::default()
+        }],
+        tasks: vec![task("a", "noop", &[], &copies("${inputs.x}"))],
+        ..Default::default()
+    };
+    let submit = |spec: pb::WorkflowSpec, wait: bool| pb::SubmitRunRequest {
+        workflow: Some(pb::submit_run_request::Workflow::Spec(spec)),
+        inputs: [("x".to_owned(), big.clone())].into(),
+        wait,
+        wait_timeout_ms: 20_000,
+        ..Default::default()
+    };
+    expect_err(
+        c.submit_run(submit(spec.clone(), false)).await,
+        Code::InvalidArgument,
+        "spec.tasks[0].input: renders to more than",
+    );
+    // Downstream: `a` echoes the large input, `b` copies its output.
+    spec.tasks = vec![
+        task("a", "echo", &[], r#"{"pad": "${inputs.x}"}"#),
+        task("b", "noop", &["a"], &copies("${tasks.a.output}")),
+    ];
+    let run = c
+        .submit_run(submit(spec, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.state, pb::RunState::Failed as i32, "{run:?}");
+    let b = run.tasks.iter().find(|t| t.key == "b").unwrap();
+    let e = b.error.as_ref().unwrap();
+    assert_eq!(e.kind, "input_template");
+    assert!(e.message.contains("renders to more than"), "{e:?}");
+}
