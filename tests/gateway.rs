@@ -209,22 +209,28 @@ async fn grpc_grpc_web_and_cli_clients_log_in_and_run_a_workflow_through_the_gat
     assert_eq!(e.code(), Code::Unauthenticated);
 
     // Ownership: another developer neither sees nor cancels dana's run,
-    // nor reaches it through its idempotency key.
+    // nor reaches it through its idempotency key: keys are per submitter.
     let mut keyed = hello("keyed");
     keyed.idempotency_key = "dana-key".into();
-    front
+    let danas = front
         .scheduler()
         .submit_run(bearer(keyed.clone(), &dana))
         .await
+        .unwrap()
+        .into_inner()
+        .run
         .unwrap();
     let eve = front.login("eve").await;
-    let e = front
+    let eves = front
         .scheduler()
         .submit_run(bearer(keyed, &eve))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().starts_with("idempotency_key"), "{e:?}");
+        .unwrap()
+        .into_inner();
+    assert!(eves.created, "{eves:?}");
+    let eves = eves.run.unwrap();
+    assert_ne!(eves.id, danas.id);
+    assert_eq!(eves.created_by, "user/eve");
     let get = |t: &str| {
         bearer(
             pb::GetRunRequest {
@@ -253,7 +259,10 @@ async fn grpc_grpc_web_and_cli_clients_log_in_and_run_a_workflow_through_the_gat
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.runs.is_empty(), "{listed:?}");
+    assert!(
+        listed.runs.iter().all(|r| r.created_by == "user/eve"),
+        "{listed:?}"
+    );
     let e = front
         .scheduler()
         .list_tasks(bearer(pb::ListTasksRequest::default(), &eve))

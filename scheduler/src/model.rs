@@ -314,6 +314,9 @@ pub struct WorkflowRow {
     /// The encoded `WorkflowSpec`.
     pub spec: Vec<u8>,
     pub create_time: i64,
+    /// Who stored the first revision (`user/<name>`); empty for workflows
+    /// stored before owners existed.
+    pub owner: String,
 }
 
 /// The immutable agent version a task runs, kept so that tasks can be

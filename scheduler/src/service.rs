@@ -82,7 +82,7 @@ impl SchedulerService {
         validate::max_bytes("idempotency_key", s.key, 128)?;
         let key = (!s.key.is_empty()).then(|| s.key.to_owned());
         if let Some(k) = &key
-            && let Some(existing) = self.store.run_by_key(k).await?
+            && let Some(existing) = self.store.run_by_key(&caller.actor(), k).await?
         {
             return Ok(Started {
                 run_id: existing,
@@ -181,22 +181,6 @@ impl SchedulerService {
         self.fetch_run(run_id).await
     }
 
-    /// An idempotency key that names another user's run must not hand that
-    /// run to a caller who may only see their own.
-    async fn check_key_owner(&self, caller: &Caller, started: &Started) -> Result<()> {
-        let scope = scope_of(caller);
-        if started.created || scope.is_none() {
-            return Ok(());
-        }
-        self.check_owner(&scope, &started.run_id)
-            .await
-            .map_err(|_| {
-                Error::FailedPrecondition(
-                    "idempotency_key: already names a run submitted by another user".into(),
-                )
-            })
-    }
-
     /// Fails as if the run did not exist when `scope` may not see it.
     async fn check_owner(&self, scope: &Option<String>, run_id: &str) -> Result<()> {
         let Some(owner) = scope else {
@@ -206,6 +190,40 @@ impl SchedulerService {
             Some((run, _)) if run.created_by == *owner => Ok(()),
             _ => Err(Error::NotFound(format!("run {run_id} does not exist"))),
         }
+    }
+
+    /// Fails unless the caller may change the run: NOT_FOUND when it may not
+    /// even see it, PERMISSION_DENIED when it sees it but may not change it.
+    async fn check_writer(&self, scopes: &Scopes, run_id: &str) -> Result<()> {
+        self.check_owner(&scopes.read, run_id).await?;
+        let Some(me) = &scopes.write else {
+            return Ok(());
+        };
+        match self.store.get_run(run_id).await? {
+            Some((run, _)) if run.created_by == *me => Ok(()),
+            Some((run, _)) => Err(Error::PermissionDenied(format!(
+                "run {run_id} belongs to {}; only its creator, maintainers and admins may change it",
+                run.created_by
+            ))),
+            None => Err(Error::NotFound(format!("run {run_id} does not exist"))),
+        }
+    }
+
+    async fn check_task_writer(&self, scopes: &Scopes, task_id: &str) -> Result<()> {
+        if scopes.read.is_none() && scopes.write.is_none() {
+            return Ok(());
+        }
+        let t = self
+            .store
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))?;
+        self.check_writer(scopes, &t.run_id)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => Error::NotFound(format!("task {task_id} does not exist")),
+                other => other,
+            })
     }
 
     async fn check_task_owner(&self, scope: &Option<String>, task_id: &str) -> Result<()> {
@@ -281,12 +299,39 @@ fn owner_scope<T>(req: &Request<T>) -> Option<String> {
 }
 
 fn scope_of(caller: &Caller) -> Option<String> {
-    let p = caller.principal.as_ref()?;
-    let broad = p
-        .roles
-        .iter()
-        .any(|r| matches!(r.as_str(), "admin" | "maintainer" | "viewer"));
-    (!broad).then(|| caller.actor())
+    scopes(caller).read
+}
+
+/// Whose runs a caller may see and change: `None` means everyone's, else
+/// only those it created. Read and write differ: a viewer sees every run
+/// but changes none of another's, even as a developer too. Mesh peers
+/// without a forwarded principal (services, and the user certificates only
+/// admins and maintainers get) are not scoped.
+struct Scopes {
+    read: Option<String>,
+    write: Option<String>,
+}
+
+fn scopes(caller: &Caller) -> Scopes {
+    let Some(p) = caller.principal.as_ref() else {
+        return Scopes {
+            read: None,
+            write: None,
+        };
+    };
+    let has = |names: &[&str]| p.roles.iter().any(|r| names.contains(&r.as_str()));
+    let manage = has(&["admin", "maintainer"]);
+    Scopes {
+        read: (!manage && !has(&["viewer"])).then(|| caller.actor()),
+        write: (!manage).then(|| caller.actor()),
+    }
+}
+
+fn write_scopes<T>(req: &Request<T>) -> Scopes {
+    Caller::of(req).map(scopes).unwrap_or(Scopes {
+        read: None,
+        write: None,
+    })
 }
 
 fn dedupe(agents: &[Arc<reg::AgentVersion>]) -> Vec<Arc<reg::AgentVersion>> {
@@ -328,6 +373,7 @@ fn workflow_pb(w: WorkflowRow) -> Result<pb::Workflow> {
         ),
         revision: w.revision,
         create_time: Some(devcycle::time::to_timestamp(w.create_time)),
+        owner: w.owner,
     })
 }
 
@@ -337,13 +383,21 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::PutWorkflowRequest>,
     ) -> Result<Response<pb::PutWorkflowResponse>, Status> {
+        let caller = Caller::of(&req)?.clone();
         respond(
             async {
                 let spec = required("spec", req.into_inner().spec)?;
                 spec::check_spec(&spec, "spec")?;
+                let any_owner = scopes(&caller).write.is_none();
                 let w = self
                     .store
-                    .put_workflow(&spec.name, spec.encode_to_vec(), now_ms())
+                    .put_workflow(
+                        &spec.name,
+                        spec.encode_to_vec(),
+                        now_ms(),
+                        &caller.actor(),
+                        any_owner,
+                    )
                     .await?;
                 Ok(pb::PutWorkflowResponse {
                     workflow: Some(workflow_pb(w)?),
@@ -416,7 +470,6 @@ impl Scheduler for SchedulerService {
                     wait: r.wait,
                 };
                 let started = self.start(&caller, start).await?;
-                self.check_key_owner(&caller, &started).await?;
                 let created = started.created;
                 let run = self.answer(started, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitRunResponse {
@@ -470,7 +523,6 @@ impl Scheduler for SchedulerService {
                     )),
                     other => other,
                 })?;
-                self.check_key_owner(&caller, &started).await?;
                 let created = started.created;
                 let run = self.answer(started, r.wait, r.wait_timeout_ms).await?;
                 Ok(pb::SubmitTaskResponse {
@@ -546,13 +598,13 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let scope = owner_scope(&req);
+        let scopes = write_scopes(&req);
         respond(
             async {
                 let r = req.into_inner();
                 check_id("run_id", &r.run_id)?;
                 validate::max_bytes("reason", &r.reason, 1024)?;
-                self.check_owner(&scope, &r.run_id).await?;
+                self.check_writer(&scopes, &r.run_id).await?;
                 self.op(Op::CancelRun {
                     run_id: r.run_id.clone(),
                     reason: r.reason,
@@ -664,12 +716,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::RetryTaskRequest>,
     ) -> Result<Response<pb::RetryTaskResponse>, Status> {
-        let scope = owner_scope(&req);
+        let scopes = write_scopes(&req);
         respond(
             async {
                 let id = req.into_inner().task_id;
                 check_id("task_id", &id)?;
-                self.check_task_owner(&scope, &id).await?;
+                self.check_task_writer(&scopes, &id).await?;
                 Ok(pb::RetryTaskResponse {
                     task: Some(self.retry(id).await?),
                 })
@@ -755,10 +807,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::RequeueDeadLetterRequest>,
     ) -> Result<Response<pb::RequeueDeadLetterResponse>, Status> {
+        let scopes = write_scopes(&req);
         respond(
             async {
                 let id = req.into_inner().task_id;
                 check_id("task_id", &id)?;
+                self.check_task_writer(&scopes, &id).await?;
                 let t = self
                     .store
                     .get_task(&id)

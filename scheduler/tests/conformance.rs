@@ -138,7 +138,10 @@ async fn idempotent_submit_under_concurrent_callers(s: Store) {
         "every caller got the same run"
     );
     assert_eq!(
-        s.run_by_key("same-key").await.unwrap().as_deref(),
+        s.run_by_key("user/test", "same-key")
+            .await
+            .unwrap()
+            .as_deref(),
         Some(first.as_str())
     );
     let all = s.list_runs(&RunFilter::default(), 100).await.unwrap();
@@ -156,6 +159,28 @@ async fn idempotent_submit_under_concurrent_callers(s: Store) {
         .unwrap();
     assert!(out.submitted[0].1 && !out.submitted[1].1);
     assert_eq!(out.submitted[0].0, out.submitted[1].0);
+    // Keys are per submitter: another user's "k2" is another run, in the
+    // same batch and after it.
+    let mut c = run(vec![T::new("t")], Some("k2"), FailurePolicy::FailFast, T0);
+    c.run.created_by = "user/other".into();
+    let mut d = c.clone();
+    d.run.id = uuid::Uuid::now_v7().to_string();
+    let mine = run(vec![T::new("t")], Some("k2"), FailurePolicy::FailFast, T0);
+    let out = s
+        .apply(Batch {
+            now: T0,
+            submits: vec![c, mine, d],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(out.submitted[0].1, "another submitter's key is free");
+    assert_eq!(out.submitted[1], (first_k2(&s).await, false));
+    assert_eq!(out.submitted[2], (out.submitted[0].0.clone(), false));
+}
+
+async fn first_k2(s: &Store) -> String {
+    s.run_by_key("user/test", "k2").await.unwrap().unwrap()
 }
 
 async fn priority_then_age(s: Store) {
@@ -682,11 +707,32 @@ async fn logs_workflows_and_listing(s: Store) {
         ["line 1", "line 2"]
     );
 
-    let w1 = s.put_workflow("ci", vec![1], T0).await.unwrap();
-    let w2 = s.put_workflow("ci", vec![2], T0 + 1).await.unwrap();
-    s.put_workflow("alpha", vec![3], T0).await.unwrap();
+    let w1 = s
+        .put_workflow("ci", vec![1], T0, "user/a", false)
+        .await
+        .unwrap();
+    let w2 = s
+        .put_workflow("ci", vec![2], T0 + 1, "user/a", false)
+        .await
+        .unwrap();
+    s.put_workflow("alpha", vec![3], T0, "user/b", false)
+        .await
+        .unwrap();
     assert_eq!((w1.revision, w2.revision), (1, 2));
     assert_eq!(s.get_workflow("ci").await.unwrap().unwrap().spec, vec![2]);
+    // Another user may not add a revision; one who may replace any may, and
+    // the owner stays.
+    let e = s.put_workflow("ci", vec![9], T0 + 2, "user/b", false).await;
+    assert!(
+        matches!(e, Err(devcycle_scheduler::Error::PermissionDenied(_))),
+        "{e:?}"
+    );
+    let w3 = s
+        .put_workflow("ci", vec![4], T0 + 3, "user/m", true)
+        .await
+        .unwrap();
+    assert_eq!((w3.revision, w3.owner.as_str()), (3, "user/a"));
+    assert_eq!(s.get_workflow("ci").await.unwrap().unwrap().owner, "user/a");
     let names: Vec<String> = s
         .list_workflows(None, 10)
         .await

@@ -247,7 +247,17 @@ pub trait SchedulerStore: Send + Sync + 'static {
         true
     }
 
-    async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow>;
+    /// Stores a new revision of `name` as `by`. A workflow belongs to who
+    /// stored its first revision: others get PERMISSION_DENIED unless
+    /// `any_owner` (maintainers and admins). The owner never changes.
+    async fn put_workflow(
+        &self,
+        name: &str,
+        spec: Vec<u8>,
+        now: i64,
+        by: &str,
+        any_owner: bool,
+    ) -> Result<WorkflowRow>;
     async fn get_workflow(&self, name: &str) -> Result<Option<WorkflowRow>>;
     /// Latest revision of each workflow, by name, names above `after`.
     async fn list_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkflowRow>>;
@@ -265,7 +275,8 @@ pub trait SchedulerStore: Send + Sync + 'static {
         }
         Ok(ended)
     }
-    async fn run_by_key(&self, key: &str) -> Result<Option<String>>;
+    /// The run `created_by` submitted with idempotency key `key`.
+    async fn run_by_key(&self, created_by: &str, key: &str) -> Result<Option<String>>;
     /// Newest first.
     async fn list_runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<RunRow>>;
     async fn get_task(&self, id: &str) -> Result<Option<TaskRow>>;

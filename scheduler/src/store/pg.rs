@@ -16,6 +16,16 @@ use crate::model::*;
 /// Channel on which a commit announces new claimable tasks or events.
 pub const CHANNEL: &str = "devcycle_scheduler";
 
+/// A new revision of a workflow, inserted only if `$4` owns it (or it is
+/// new, or `$5`: any owner); returns its revision and owner.
+pub(super) const PUT_WORKFLOW: &str = "INSERT INTO sched_workflows (name, revision, spec, create_time, owner) \
+     SELECT $1, s.rev, $2, $3, COALESCE(s.owner, $4) \
+     FROM (SELECT COALESCE(MAX(revision), 0) + 1 AS rev, \
+       (SELECT owner FROM sched_workflows WHERE name = $1 ORDER BY revision DESC LIMIT 1) AS owner \
+       FROM sched_workflows WHERE name = $1) AS s \
+     WHERE $5 OR COALESCE(s.owner, $4) = $4 \
+     RETURNING revision, owner";
+
 pub struct PgStore {
     pool: PgPool,
     /// Tags this process's notifications so its listener can skip them.
@@ -90,7 +100,7 @@ impl TxOps for PgTx<'_> {
              failure_policy, create_time, end_time, last_seq, rev) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
              $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[]) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+             ON CONFLICT (created_by, idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(col(|r| r.id.clone()))
         .bind(col(|r| r.workflow.clone()))
@@ -110,28 +120,37 @@ impl TxOps for PgTx<'_> {
             return Ok(vec![None; runs.len()]);
         }
         let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-        let taken_keys: Vec<String> = runs
-            .iter()
-            .filter(|r| !inserted.contains(&r.id))
-            .filter_map(|r| r.idempotency_key.clone())
+        let taken: Vec<&RunRow> = runs.iter().filter(|r| !inserted.contains(&r.id)).collect();
+        let existing: HashMap<(String, String), String> =
+            sqlx::query_as::<_, (String, String, String)>(
+                "SELECT created_by, idempotency_key, id FROM sched_runs \
+                 WHERE (created_by, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+            )
+            .bind(taken.iter().map(|r| r.created_by.as_str()).collect::<Vec<_>>())
+            .bind(
+                taken
+                    .iter()
+                    .map(|r| r.idempotency_key.as_deref().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *self.tx)
+            .await?
+            .into_iter()
+            .map(|(by, key, id)| ((by, key), id))
             .collect();
-        let existing: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
-            "SELECT idempotency_key, id FROM sched_runs WHERE idempotency_key = ANY($1)",
-        )
-        .bind(&taken_keys)
-        .fetch_all(&mut *self.tx)
-        .await?
-        .into_iter()
-        .collect();
         runs.iter()
             .map(|r| {
                 if inserted.contains(&r.id) {
                     return Ok(None);
                 }
-                let key = r.idempotency_key.as_deref().unwrap_or_default();
-                existing.get(key).cloned().map(Some).ok_or_else(|| {
-                    Error::Corrupt(format!("run with key {key} neither inserted nor found"))
-                })
+                let key = r.idempotency_key.clone().unwrap_or_default();
+                existing
+                    .get(&(r.created_by.clone(), key.clone()))
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::Corrupt(format!("run with key {key} neither inserted nor found"))
+                    })
             })
             .collect()
     }
@@ -570,50 +589,60 @@ impl SchedulerStore for PgStore {
         Ok(applied)
     }
 
-    async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow> {
-        let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO sched_workflows (name, revision, spec, create_time) \
-             SELECT $1, COALESCE(MAX(revision), 0) + 1, $2, $3 FROM sched_workflows WHERE name = $1 \
-             RETURNING revision",
-        )
-        .bind(name)
-        .bind(&spec)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match devcycle::db::classify(&e) {
-            devcycle::db::Failure::UniqueViolation => {
-                Error::Conflict(format!("workflow {name} was changed concurrently; retry"))
-            }
-            _ => e.into(),
-        })?;
+    async fn put_workflow(
+        &self,
+        name: &str,
+        spec: Vec<u8>,
+        now: i64,
+        by: &str,
+        any_owner: bool,
+    ) -> Result<WorkflowRow> {
+        let stored: Option<(i64, String)> = sqlx::query_as(PUT_WORKFLOW)
+            .bind(name)
+            .bind(&spec)
+            .bind(now)
+            .bind(by)
+            .bind(any_owner)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| match devcycle::db::classify(&e) {
+                devcycle::db::Failure::UniqueViolation => {
+                    Error::Conflict(format!("workflow {name} was changed concurrently; retry"))
+                }
+                _ => e.into(),
+            })?;
+        let (revision, owner) = stored.ok_or_else(|| not_owner(name))?;
         Ok(WorkflowRow {
             name: name.to_owned(),
             revision,
             spec,
             create_time: now,
+            owner,
         })
     }
 
     async fn get_workflow(&self, name: &str) -> Result<Option<WorkflowRow>> {
-        let row: Option<(String, i64, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT name, revision, spec, create_time FROM sched_workflows WHERE name = $1 \
+        let row: Option<(String, i64, Vec<u8>, i64, String)> = sqlx::query_as(
+            "SELECT name, revision, spec, create_time, owner FROM sched_workflows WHERE name = $1 \
              ORDER BY revision DESC LIMIT 1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(name, revision, spec, create_time)| WorkflowRow {
-            name,
-            revision,
-            spec,
-            create_time,
-        }))
+        Ok(
+            row.map(|(name, revision, spec, create_time, owner)| WorkflowRow {
+                name,
+                revision,
+                spec,
+                create_time,
+                owner,
+            }),
+        )
     }
 
     async fn list_workflows(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkflowRow>> {
-        let rows: Vec<(String, i64, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT w.name, w.revision, w.spec, w.create_time FROM sched_workflows w WHERE w.name > $1 \
+        let rows: Vec<(String, i64, Vec<u8>, i64, String)> = sqlx::query_as(
+            "SELECT w.name, w.revision, w.spec, w.create_time, w.owner FROM sched_workflows w WHERE w.name > $1 \
              AND w.revision = (SELECT MAX(revision) FROM sched_workflows x WHERE x.name = w.name) \
              ORDER BY w.name LIMIT $2",
         )
@@ -623,11 +652,12 @@ impl SchedulerStore for PgStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(name, revision, spec, create_time)| WorkflowRow {
+            .map(|(name, revision, spec, create_time, owner)| WorkflowRow {
                 name,
                 revision,
                 spec,
                 create_time,
+                owner,
             })
             .collect())
     }
@@ -659,13 +689,14 @@ impl SchedulerStore for PgStore {
         Ok(Some((RunRow::try_from(run)?, tasks)))
     }
 
-    async fn run_by_key(&self, key: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM sched_runs WHERE idempotency_key = $1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?,
+    async fn run_by_key(&self, created_by: &str, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sched_runs WHERE created_by = $1 AND idempotency_key = $2",
         )
+        .bind(created_by)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn list_runs(&self, f: &RunFilter, limit: usize) -> Result<Vec<RunRow>> {
@@ -879,4 +910,10 @@ fn remote_notices(engine: &crate::engine::Engine, body: &str) {
     for (worker_id, session) in n.w {
         let _ = engine.send(Cmd::RemoteConnect { worker_id, session });
     }
+}
+
+pub(super) fn not_owner(name: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "spec.name: workflow {name} belongs to another user; only its owner, maintainers and admins may replace it"
+    ))
 }

@@ -254,11 +254,12 @@ impl TxOps for SqliteTx<'_> {
         let mut insert = self.conn.prepare_cached(
             "INSERT INTO sched_runs (id, workflow, workflow_revision, state, inputs, idempotency_key, created_by, \
              failure_policy, create_time, end_time, last_seq, rev) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (idempotency_key) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (created_by, idempotency_key) DO NOTHING",
         )?;
-        let mut by_key = self
-            .conn
-            .prepare_cached("SELECT id FROM sched_runs WHERE idempotency_key = ?1")?;
+        let mut by_key = self.conn.prepare_cached(
+            "SELECT id FROM sched_runs WHERE created_by = ?1 AND idempotency_key = ?2",
+        )?;
         let mut out = Vec::with_capacity(runs.len());
         for r in runs {
             let rec = RunRecord::from(r);
@@ -279,7 +280,10 @@ impl TxOps for SqliteTx<'_> {
             if n == 1 {
                 out.push(None);
             } else {
-                let id: String = by_key.query_row([&rec.idempotency_key], |row| row.get(0))?;
+                let id: String = by_key
+                    .query_row(params![rec.created_by, rec.idempotency_key], |row| {
+                        row.get(0)
+                    })?;
                 out.push(Some(id));
             }
         }
@@ -660,17 +664,30 @@ impl SchedulerStore for SqliteStore {
         })
     }
 
-    async fn put_workflow(&self, name: &str, spec: Vec<u8>, now: i64) -> Result<WorkflowRow> {
-        let name = name.to_owned();
+    async fn put_workflow(
+        &self,
+        name: &str,
+        spec: Vec<u8>,
+        now: i64,
+        by: &str,
+        any_owner: bool,
+    ) -> Result<WorkflowRow> {
+        let (name, by) = (name.to_owned(), by.to_owned());
         self.write_aside(move |conn, _| {
-            let revision: i64 = conn.query_row(
-                "INSERT INTO sched_workflows (name, revision, spec, create_time) \
-                 SELECT ?1, COALESCE(MAX(revision), 0) + 1, ?2, ?3 FROM sched_workflows WHERE name = ?1 \
-                 RETURNING revision",
-                params![name, spec, now],
-                |r| r.get(0),
-            )?;
-            Ok(WorkflowRow { name, revision, spec, create_time: now })
+            let sql = super::pg::PUT_WORKFLOW.replace('$', "?");
+            let stored: Option<(i64, String)> = conn
+                .query_row(&sql, params![name, spec, now, by, any_owner], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let (revision, owner) = stored.ok_or_else(|| super::pg::not_owner(&name))?;
+            Ok(WorkflowRow {
+                name,
+                revision,
+                spec,
+                create_time: now,
+                owner,
+            })
         })
     }
 
@@ -680,10 +697,10 @@ impl SchedulerStore for SqliteStore {
             .run(move |conn| {
                 Ok(conn
                     .query_row(
-                        "SELECT name, revision, spec, create_time FROM sched_workflows WHERE name = ?1 \
+                        "SELECT name, revision, spec, create_time, owner FROM sched_workflows WHERE name = ?1 \
                          ORDER BY revision DESC LIMIT 1",
                         [name],
-                        |r| Ok(WorkflowRow { name: r.get(0)?, revision: r.get(1)?, spec: r.get(2)?, create_time: r.get(3)? }),
+                        workflow_row,
                     )
                     .optional()?)
             })
@@ -695,14 +712,12 @@ impl SchedulerStore for SqliteStore {
         self.reader
             .run(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT w.name, w.revision, w.spec, w.create_time FROM sched_workflows w WHERE w.name > ?1 \
+                    "SELECT w.name, w.revision, w.spec, w.create_time, w.owner FROM sched_workflows w WHERE w.name > ?1 \
                      AND w.revision = (SELECT MAX(revision) FROM sched_workflows x WHERE x.name = w.name) \
                      ORDER BY w.name LIMIT ?2",
                 )?;
                 let rows = stmt
-                    .query_map(params![after, limit as i64], |r| {
-                        Ok(WorkflowRow { name: r.get(0)?, revision: r.get(1)?, spec: r.get(2)?, create_time: r.get(3)? })
-                    })?
+                    .query_map(params![after, limit as i64], workflow_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(rows)
             })
@@ -722,14 +737,14 @@ impl SchedulerStore for SqliteStore {
             .await
     }
 
-    async fn run_by_key(&self, key: &str) -> Result<Option<String>> {
-        let key = key.to_owned();
+    async fn run_by_key(&self, created_by: &str, key: &str) -> Result<Option<String>> {
+        let (by, key) = (created_by.to_owned(), key.to_owned());
         self.reader
             .run(move |conn| {
                 Ok(conn
                     .query_row(
-                        "SELECT id FROM sched_runs WHERE idempotency_key = ?1",
-                        [key],
+                        "SELECT id FROM sched_runs WHERE created_by = ?1 AND idempotency_key = ?2",
+                        [by, key],
                         |r| r.get(0),
                     )
                     .optional()?)
@@ -896,4 +911,14 @@ impl SchedulerStore for SqliteStore {
             Ok(())
         })
     }
+}
+
+fn workflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkflowRow> {
+    Ok(WorkflowRow {
+        name: r.get(0)?,
+        revision: r.get(1)?,
+        spec: r.get(2)?,
+        create_time: r.get(3)?,
+        owner: r.get(4)?,
+    })
 }
