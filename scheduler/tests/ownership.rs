@@ -13,12 +13,9 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-type Client = SchedulerClient<
-    InterceptedService<
-        Channel,
-        Box<dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>,
-    >,
->;
+type AddPrincipal =
+    Box<dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
+type Client = SchedulerClient<InterceptedService<Channel, AddPrincipal>>;
 
 /// The scheduler as the gateway calls it for `subject` with `roles`.
 fn as_user(m: &Mesh, subject: &str, roles: &str) -> Client {
@@ -29,9 +26,7 @@ fn as_user(m: &Mesh, subject: &str, roles: &str) -> Client {
     )
     .unwrap();
     let (subject, roles) = (subject.to_owned(), roles.to_owned());
-    let add: Box<
-        dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync,
-    > = Box::new(move |mut req| {
+    let add: AddPrincipal = Box::new(move |mut req| {
         let md = req.metadata_mut();
         md.insert(devcycle::authz::SUBJECT_HEADER, subject.parse().unwrap());
         md.insert(devcycle::authz::ROLES_HEADER, roles.parse().unwrap());
