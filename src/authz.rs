@@ -122,14 +122,21 @@ impl Policy {
 pub struct AuthzLayer {
     policy: Arc<Policy>,
     gateway: Arc<SpiffeId>,
+    denylist: Option<Arc<crate::denylist::Denylist>>,
 }
 
 impl AuthzLayer {
-    /// `gateway` is the only identity whose forwarded principal is trusted.
-    pub fn new(policy: Policy, gateway: SpiffeId) -> Self {
+    /// `gateway` is the only identity whose forwarded principal is trusted;
+    /// certificates on `denylist` are refused.
+    pub fn new(
+        policy: Policy,
+        gateway: SpiffeId,
+        denylist: Option<Arc<crate::denylist::Denylist>>,
+    ) -> Self {
         Self {
             policy: Arc::new(policy),
             gateway: Arc::new(gateway),
+            denylist,
         }
     }
 }
@@ -189,6 +196,14 @@ impl<S> Authz<S> {
         let peer = info
             .peer
             .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
+        if let Some(list) = &self.layer.denylist
+            && list.revoked(&peer, info.issued_ms)
+        {
+            tracing::warn!(peer = %peer, "revoked certificate refused");
+            return Err(tonic::Status::unauthenticated(format!(
+                "the certificate of {peer} was revoked; get a new one"
+            )));
+        }
         let method = req.uri().path();
         if !self.layer.policy.allows(method, &peer) {
             tracing::warn!(peer = %peer, method, "denied by mesh policy");

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod denylist;
 pub mod identity;
 pub mod mesh;
 pub mod page;

@@ -34,6 +34,9 @@ pub struct MeshServer {
     /// How long in-flight calls may run after the listener closes.
     pub drain: Duration,
     pub reflection: bool,
+    /// Revoked certificates, refused; `None` where the service has no
+    /// access to the mesh database (the executor's control plane).
+    pub denylist: Option<Arc<crate::denylist::Denylist>>,
 }
 
 impl MeshServer {
@@ -61,7 +64,7 @@ impl MeshServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(GrpcMetricsLayer::new(self.name))
-            .layer(AuthzLayer::new(self.policy, self.gateway))
+            .layer(AuthzLayer::new(self.policy, self.gateway, self.denylist))
             .add_routes(routes);
 
         let signal = stop_signal(

@@ -13,7 +13,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::*;
 use devcycle::proto::auth::v1 as auth;
 use devcycle::proto::scheduler::v1 as pb;
-use devcycle::tls::MeshConnector;
+use devcycle::tls::{MeshConnector, MeshTls};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -419,4 +419,159 @@ async fn grpc_grpc_web_and_cli_clients_log_in_and_run_a_workflow_through_the_gat
             .any(|e| e.method.ends_with("/SubmitRun") && e.status_code == "OK"),
         "{events:#?}"
     );
+}
+
+/// A client certificate for `token`'s user, and the mesh identity made of it.
+async fn certificate(
+    front: &Front,
+    trust_domain: &str,
+    token: &str,
+) -> Result<Arc<MeshTls>, tonic::Status> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let issued = auth::auth_client::AuthClient::new(front.channel())
+        .issue_certificate(bearer(
+            auth::IssueCertificateRequest {
+                csr_pem: csr,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let expires = devcycle::time::from_timestamp(issued.expire_time.as_ref()).unwrap();
+    assert!(
+        expires - devcycle::time::now_ms() <= 900_000,
+        "user certificates live minutes"
+    );
+    Ok(MeshTls::from_pem(
+        &issued.ca_pem,
+        &issued.certificate_pem,
+        &key.serialize_pem(),
+        trust_domain,
+    )
+    .unwrap())
+}
+
+/// Writes directly to the registry over mTLS as `tls`'s identity.
+async fn direct_write(
+    cluster: &Cluster,
+    tls: &Arc<MeshTls>,
+    name: &str,
+) -> Result<(), tonic::Status> {
+    let ch = devcycle::client::channel(
+        tls,
+        &cluster.registry,
+        cluster.config.service_id("registry"),
+    )
+    .unwrap();
+    devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient::new(ch)
+        .create_agent(devcycle::proto::registry::v1::CreateAgentRequest {
+            agent: Some(devcycle::proto::registry::v1::Agent {
+                name: name.into(),
+                owner: "test".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Polls until a direct write is refused as revoked, for at most 5 s.
+async fn refused_soon(cluster: &Cluster, tls: &Arc<MeshTls>, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match direct_write(cluster, tls, name).await {
+            Err(e) if e.code() == Code::Unauthenticated => {
+                assert!(e.message().contains("revoked"), "{e:?}");
+                return;
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "still accepted: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Defect: user certificates outlived demotion, deletion and logout: the
+/// gateway trusted the token's roles, ended no sessions on demotion, and
+/// issued certificates could not be revoked. Now roles come from the
+/// store, a demotion or deletion ends the user's sessions and revokes its
+/// certificates on every service that shares the mesh database, a logout
+/// revokes them too, and user certificates live at most 15 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoted_deleted_and_logged_out_users_lose_their_certificates() {
+    let cluster = Cluster::start(true).await;
+    let front = gateway(&cluster).await;
+    let td = cluster.config.trust_domain.as_str();
+    let admin = front.login("admin").await;
+    let admin_client = || auth::auth_client::AuthClient::new(front.channel());
+    for name in ["mo", "del", "out"] {
+        front
+            .create_user(&admin, name, auth::Role::Maintainer)
+            .await;
+    }
+
+    // Demotion.
+    let mo = front.login("mo").await;
+    let cert = certificate(&front, td, &mo).await.unwrap();
+    direct_write(&cluster, &cert, "by-mo").await.unwrap();
+    admin_client()
+        .set_user_roles(bearer(
+            auth::SetUserRolesRequest {
+                name: "mo".into(),
+                roles: vec![auth::Role::Developer as i32],
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    refused_soon(&cluster, &cert, "by-mo-2").await;
+    let e = certificate(&front, td, &mo).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Unauthenticated,
+        "the old session ended: {e:?}"
+    );
+    let mo = front.login("mo").await;
+    let e = certificate(&front, td, &mo).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "a developer gets none: {e:?}"
+    );
+
+    // Deletion.
+    let del = front.login("del").await;
+    let cert = certificate(&front, td, &del).await.unwrap();
+    direct_write(&cluster, &cert, "by-del").await.unwrap();
+    admin_client()
+        .delete_user(bearer(
+            auth::DeleteUserRequest { name: "del".into() },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    refused_soon(&cluster, &cert, "by-del-2").await;
+
+    // Logout.
+    let out = front.login("out").await;
+    let cert = certificate(&front, td, &out).await.unwrap();
+    direct_write(&cluster, &cert, "by-out").await.unwrap();
+    admin_client()
+        .logout(bearer(auth::LogoutRequest {}, &out))
+        .await
+        .unwrap();
+    refused_soon(&cluster, &cert, "by-out-2").await;
+    // A certificate issued after the revocation works.
+    let out = front.login("out").await;
+    let fresh = certificate(&front, td, &out).await.unwrap();
+    direct_write(&cluster, &fresh, "by-out-3").await.unwrap();
 }

@@ -198,6 +198,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     }
     let server_stop = CancellationToken::new();
     let server = MeshServer {
+        // No mesh database here: user certificates are short-lived.
+        denylist: None,
         name: "executor",
         listener: opts.listener,
         tls: opts.tls,

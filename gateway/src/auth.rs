@@ -24,6 +24,10 @@ use crate::{password, totp};
 const LOGIN_BURST: u32 = 5;
 const LOGIN_INTERVAL: Duration = Duration::from_secs(12);
 const MAX_CSR_BYTES: usize = 16 * 1024;
+/// User certificates: 10 minutes unless asked for less, at most 15. Worker
+/// certificates (join tokens) live up to a day.
+const USER_CERT_S: u32 = 600;
+const MAX_USER_CERT_S: u32 = 900;
 
 pub struct AuthService {
     pub store: Store,
@@ -170,6 +174,22 @@ impl AuthService {
     }
 
     /// Ends a session and revokes it in every replica.
+    /// Ends every session of `name` and revokes its certificates.
+    async fn end_user(&self, name: &str) -> Result<(), Status> {
+        for s in self.cache.sessions_of(name).await.map_err(unavailable)? {
+            self.end_session(&s.id).await?;
+        }
+        self.revoke_certificates(name).await
+    }
+
+    async fn revoke_certificates(&self, name: &str) -> Result<(), Status> {
+        let longest = Duration::from_secs(u64::from(MAX_USER_CERT_S));
+        Ok(self
+            .store
+            .revoke_certificates(&format!("user/{name}"), longest)
+            .await?)
+    }
+
     async fn end_session(&self, id: &str) -> Result<bool, Status> {
         let until = now_ms() + (self.minter.life.access_s + 60) * 1000;
         self.cache
@@ -340,6 +360,9 @@ impl pb::auth_server::Auth for AuthService {
         if !c.session.is_empty() {
             self.end_session(&c.session).await?;
         }
+        if c.issuer == self.minter.issuer {
+            self.revoke_certificates(&c.subject).await?;
+        }
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
@@ -418,6 +441,11 @@ impl pb::auth_server::Auth for AuthService {
             if self.end_session(&s.id).await? {
                 revoked += 1;
             }
+        }
+        // Certificates are not tied to a device: signing out elsewhere ends
+        // them all (the CLI asks for a new one when it needs it).
+        if c.issuer == self.minter.issuer {
+            self.revoke_certificates(&c.subject).await?;
         }
         Ok(Response::new(pb::RevokeAllSessionsResponse { revoked }))
     }
@@ -498,10 +526,18 @@ impl pb::auth_server::Auth for AuthService {
         let r = req.into_inner();
         validate::required("csr_pem", &r.csr_pem).map_err(invalid)?;
         validate::max_bytes("csr_pem", &r.csr_pem, MAX_CSR_BYTES).map_err(invalid)?;
+        let worker = !r.worker_join_token.is_empty();
         let ttl = match r.ttl_s {
-            0 => 3600,
+            0 if worker => 3600,
+            0 => USER_CERT_S,
             n if n > 86_400 => {
                 return Err(invalid(FieldError::new("ttl_s", "at most 86400")));
+            }
+            n if !worker && n > MAX_USER_CERT_S => {
+                return Err(invalid(FieldError::new(
+                    "ttl_s",
+                    "at most 900 for a user certificate",
+                )));
             }
             n => n,
         };
@@ -531,9 +567,16 @@ impl pb::auth_server::Auth for AuthService {
             })?;
             // Services let any `user/*` peer write directly over mTLS, with no
             // gateway principal to scope it: only roles that may make every
-            // such write through the gateway get a certificate.
-            let trusted = c.issuer == self.minter.issuer
-                && c.roles.iter().any(|r| r == "admin" || r == "maintainer");
+            // such write through the gateway get a certificate — as the
+            // store has them now, not as the token says (it may predate a
+            // demotion).
+            let stored = if c.issuer == self.minter.issuer {
+                self.store.user(&c.subject).await?
+            } else {
+                None
+            };
+            let trusted = stored
+                .is_some_and(|u| u.roles.iter().any(|r| r == "admin" || r == "maintainer"));
             if !trusted {
                 return Err(Status::permission_denied(
                     "user certificates are for local admins and maintainers; other roles use the gateway",
@@ -542,6 +585,16 @@ impl pb::auth_server::Auth for AuthService {
             SpiffeId::new(&self.trust_domain, Kind::User, &c.subject)
         }
         .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
+        // Issue times have one-second granularity and services refuse a
+        // certificate issued in the second of a revocation: one asked for in
+        // that second waits for the next.
+        if !worker && let Some(before) = self.store.revoked_before(&id.path()).await? {
+            let now = now_ms();
+            if now / 1000 <= before / 1000 {
+                let wait = 1000 - now.rem_euclid(1000) + 1;
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+        }
         let pem = ca
             .sign_csr(&r.csr_pem, &id, Duration::from_secs(u64::from(ttl)))
             .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
@@ -648,8 +701,15 @@ impl pb::auth_server::Auth for AuthService {
         let r = req.into_inner();
         validate::user_name("name", &r.name).map_err(invalid)?;
         let roles = roles_of("roles", &r.roles)?;
+        let before = self.store.user(&r.name).await?;
         if !self.store.set_roles(&r.name, &roles).await? {
             return Err(Status::not_found(format!("name: no user {:?}", r.name)));
+        }
+        // Fewer roles: what was granted under the old ones ends — sessions
+        // (their tokens carry the roles) and certificates.
+        let shrunk = before.is_some_and(|b| b.roles.iter().any(|r| !roles.contains(r)));
+        if shrunk {
+            self.end_user(&r.name).await?;
         }
         let user = self
             .store
@@ -670,9 +730,7 @@ impl pb::auth_server::Auth for AuthService {
         if !self.store.delete_user(&name).await? {
             return Err(Status::not_found(format!("name: no user {name:?}")));
         }
-        for s in self.cache.sessions_of(&name).await.map_err(unavailable)? {
-            self.end_session(&s.id).await?;
-        }
+        self.end_user(&name).await?;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
 

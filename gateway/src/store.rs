@@ -110,6 +110,25 @@ impl Store {
         Self { db }
     }
 
+    /// Refuses, on every service, the certificates of `identity` issued up
+    /// to now (see `devcycle::denylist`).
+    pub async fn revoke_certificates(
+        &self,
+        identity: &str,
+        longest: std::time::Duration,
+    ) -> Result<()> {
+        Ok(devcycle::denylist::revoke(&self.db, identity, longest).await?)
+    }
+
+    /// When the certificates of `identity` were last revoked, if they were.
+    pub async fn revoked_before(&self, identity: &str) -> Result<Option<i64>> {
+        let sql = "SELECT revoked_before FROM mesh_revocations WHERE identity = $1";
+        Ok(on_db!(&self.db, |p| sqlx::query_scalar::<_, i64>(sql)
+            .bind(identity)
+            .fetch_optional(p)
+            .await?))
+    }
+
     pub async fn user_count(&self) -> Result<i64> {
         let sql = "SELECT COUNT(*) FROM gw_users";
         Ok(on_db!(&self.db, |p| sqlx::query_scalar::<_, i64>(sql)

@@ -196,7 +196,9 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     let routes = tonic::service::Routes::new(
         SchedulerServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
+    let denylist = devcycle::denylist::Denylist::follow(opts.db.clone(), shutdown.clone()).await?;
     let server = MeshServer {
+        denylist: Some(denylist),
         name: "scheduler",
         listener: opts.listener,
         tls: opts.tls,

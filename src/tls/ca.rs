@@ -233,10 +233,13 @@ fn svid_sans(id: &SpiffeId, hosts: &[String]) -> Result<Vec<SanType>, TlsError> 
     Ok(sans)
 }
 
+/// How far before its issue a certificate's validity starts, so that small
+/// clock skew between hosts is harmless. Issue time = notBefore + this.
+pub const BACKDATE: Duration = Duration::from_secs(300);
+
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    // Back-date a little so that small clock skew between hosts is harmless.
-    params.not_before = now - Duration::from_secs(300);
+    params.not_before = now - BACKDATE;
     params.not_after = now + lifetime;
 }
 

@@ -32,6 +32,9 @@ pub struct MeshConnectInfo {
     /// `None` only for connections that are not mTLS (the gateway's public
     /// listener); mesh listeners never accept a connection without one.
     pub peer: Option<Arc<SpiffeId>>,
+    /// When the peer's certificate was issued (ms since the epoch), checked
+    /// against the deny list ([`crate::denylist`]).
+    pub issued_ms: i64,
 }
 
 /// An accepted mTLS connection.
@@ -110,12 +113,12 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let peer = stream
+                        let leaf = stream
                             .get_ref()
                             .1
                             .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|leaf| svid_of(leaf, tls.trust_domain()).ok());
+                            .and_then(|c| c.first());
+                        let peer = leaf.and_then(|leaf| svid_of(leaf, tls.trust_domain()).ok());
                         let Some(peer) = peer else {
                             tracing::warn!(%remote, "mTLS peer without an SVID after handshake");
                             return;
@@ -123,6 +126,7 @@ pub fn incoming(
                         let info = MeshConnectInfo {
                             remote,
                             peer: Some(Arc::new(peer)),
+                            issued_ms: leaf.map(super::verify::issued_ms).unwrap_or(0),
                         };
                         let _ = tx
                             .send(Ok(MeshStream {

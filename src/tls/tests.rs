@@ -138,6 +138,7 @@ async fn server(ca: &CertificateAuthority) -> (std::net::SocketAddr, Cancellatio
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let srv = MeshServer {
+        denylist: None,
         name: "test",
         listener,
         tls,
@@ -260,6 +261,7 @@ async fn health_turns_not_serving_before_the_listener_closes() {
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let srv = MeshServer {
+        denylist: None,
         name: "test",
         listener,
         tls,

@@ -31,6 +31,15 @@ pub enum SvidError {
     UnexpectedPeer { found: String, expected: String },
 }
 
+/// When the mesh CA issued `cert` (its notBefore plus the CA's back-dating),
+/// in milliseconds since the epoch; 0 if it cannot be read.
+pub fn issued_ms(cert: &CertificateDer<'_>) -> i64 {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, x)| x.validity().not_before.timestamp() * 1000)
+        .map(|nb| nb + super::ca::BACKDATE.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Extracts the SPIFFE ID of a leaf certificate, enforcing the SVID rules.
 pub fn svid_of(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<SpiffeId, SvidError> {
     let (_, x509) =
