@@ -266,8 +266,13 @@ impl pb::auth_server::Auth for AuthService {
             if r.totp_code.is_empty() {
                 return Err(Status::unauthenticated("totp_code: required for this user"));
             }
-            if !totp::verify(secret, &r.totp_code, Self::now_s()) {
+            let Some(step) = totp::verify(secret, &r.totp_code, Self::now_s()) else {
                 return Err(Status::unauthenticated("totp_code: wrong code"));
+            };
+            if !self.store.use_totp_step(&user.name, step).await? {
+                return Err(Status::unauthenticated(
+                    "totp_code: already used; wait for the next code",
+                ));
             }
         }
         let device = if r.device.is_empty() {
@@ -477,10 +482,12 @@ impl pb::auth_server::Auth for AuthService {
         let Some(pending) = user.totp_pending else {
             return Err(Status::failed_precondition("no TOTP enrolment in progress"));
         };
-        if !totp::verify(&pending, &code, Self::now_s()) {
+        let Some(step) = totp::verify(&pending, &code, Self::now_s()) else {
             return Err(invalid(FieldError::new("code", "wrong code")));
-        }
+        };
         self.store.enable_totp(&user.name).await?;
+        // The code that enabled TOTP cannot also log in.
+        self.store.use_totp_step(&user.name, step).await?;
         Ok(Response::new(pb::VerifyTotpResponse {}))
     }
 
@@ -494,8 +501,14 @@ impl pb::auth_server::Auth for AuthService {
             return Err(Status::failed_precondition("TOTP is not enabled"));
         };
         self.charge_guess(&user.name).await?;
-        if !totp::verify(&secret, &code, Self::now_s()) {
+        let Some(step) = totp::verify(&secret, &code, Self::now_s()) else {
             return Err(invalid(FieldError::new("code", "wrong code")));
+        };
+        if !self.store.use_totp_step(&user.name, step).await? {
+            return Err(invalid(FieldError::new(
+                "code",
+                "already used; wait for the next code",
+            )));
         }
         self.store.disable_totp(&user.name).await?;
         Ok(Response::new(pb::DisableTotpResponse {}))

@@ -129,6 +129,20 @@ impl Store {
             .await?))
     }
 
+    /// Records that `name` used the TOTP code of `step`; false if a code of
+    /// that step or a later one was used already (a replay). Atomic, so two
+    /// replicas cannot both accept one code.
+    pub async fn use_totp_step(&self, name: &str, step: i64) -> Result<bool> {
+        let sql = "UPDATE gw_users SET totp_last_step = $2 WHERE name = $1 AND totp_last_step < $2";
+        let done = on_db!(&self.db, |p| sqlx::query(sql)
+            .bind(name)
+            .bind(step)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+
     pub async fn user_count(&self) -> Result<i64> {
         let sql = "SELECT COUNT(*) FROM gw_users";
         Ok(on_db!(&self.db, |p| sqlx::query_scalar::<_, i64>(sql)

@@ -36,14 +36,18 @@ pub fn code_at(secret: &str, now_s: i64) -> Option<String> {
     Some(format!("{:06}", bin % 1_000_000))
 }
 
-/// Whether `code` is valid at `now_s`, allowing one step of skew.
-pub fn verify(secret: &str, code: &str, now_s: i64) -> bool {
+/// The time step `code` is valid for at `now_s`, allowing one step of
+/// skew; `None` if it is not valid. Callers record the step so that a code
+/// is accepted once ([`crate::store::Store::use_totp_step`]).
+pub fn verify(secret: &str, code: &str, now_s: i64) -> Option<i64> {
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
+        return None;
     }
-    [-STEP_S, 0, STEP_S].iter().any(|d| {
-        code_at(secret, now_s + d)
+    [-STEP_S, 0, STEP_S].iter().find_map(|d| {
+        let t = now_s + d;
+        code_at(secret, t)
             .is_some_and(|c| crate::tokens::constant_time_eq(c.as_bytes(), code.as_bytes()))
+            .then_some(t / STEP_S)
     })
 }
 
@@ -56,9 +60,9 @@ mod tests {
         // RFC 6238 appendix B, SHA1 secret "12345678901234567890", T = 59 s.
         let secret = BASE32_NOPAD.encode(b"12345678901234567890");
         assert_eq!(code_at(&secret, 59).unwrap(), "287082");
-        assert!(verify(&secret, "287082", 59));
-        assert!(verify(&secret, "287082", 80));
-        assert!(!verify(&secret, "287082", 200));
-        assert!(!verify(&secret, "28708", 59));
+        assert_eq!(verify(&secret, "287082", 59), Some(1));
+        assert_eq!(verify(&secret, "287082", 80), Some(1));
+        assert_eq!(verify(&secret, "287082", 200), None);
+        assert_eq!(verify(&secret, "28708", 59), None);
     }
 }

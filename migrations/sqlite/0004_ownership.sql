@@ -32,3 +32,6 @@ CREATE TABLE mesh_revocations (
     revoked_before BIGINT NOT NULL,
     expire_time    BIGINT NOT NULL
 );
+
+-- The last TOTP step a user's code was accepted for: a code is good once.
+ALTER TABLE gw_users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0;
