@@ -142,6 +142,20 @@ pub struct ExecutorConfig {
     pub drain_ms: u64,
     /// Defaults for agents that set no limits.
     pub limits: LimitsConfig,
+    /// Executor environment variables agents may receive, by name: `${env:NAME}`
+    /// in a process agent's environment, `token_env` of an http agent.
+    /// Anything else is refused when the task runs.
+    pub secrets: Vec<String>,
+    /// Files an http agent may send as its bearer token (`token_file`).
+    pub secret_files: Vec<String>,
+    /// The http runtime may use plain `http://` URLs.
+    pub http_allow_plaintext: bool,
+    /// The http runtime may reach loopback, private, link-local (cloud
+    /// metadata) and other non-public addresses.
+    pub http_allow_private: bool,
+    /// Run process agents without bubblewrap when it does not work here;
+    /// they can then read whatever the executor's user can.
+    pub allow_unsandboxed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -339,6 +353,11 @@ impl Default for ExecutorConfig {
             cgroups: true,
             drain_ms: 30_000,
             limits: LimitsConfig::default(),
+            secrets: Vec::new(),
+            secret_files: Vec::new(),
+            http_allow_plaintext: false,
+            http_allow_private: false,
+            allow_unsandboxed: false,
         }
     }
 }

@@ -76,6 +76,7 @@ heartbeat_interval_ms = 300
 agent_dir = "{repo}/examples/agents"
 read_only = ["{repo}/examples"]
 drain_ms = 2000
+secrets = ["REVIEW_API_URL", "REVIEW_MODEL", "REVIEW_API_KEY"]
 "#,
             data = dir.path().display(),
             repo = repo().display()

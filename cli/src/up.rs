@@ -58,6 +58,14 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
         .with_context(|| format!("{what}.listen: cannot listen on {addr}"))
 }
 
+/// Variables the shipped agents read from the executor's environment.
+const SHIPPED_SECRETS: &[&str] = &[
+    "REVIEW_API_URL",
+    "REVIEW_MODEL",
+    "REVIEW_API_KEY",
+    "REVIEWER_API_KEY",
+];
+
 pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     devcycle::server::cancel_on_signals(shutdown.clone());
@@ -78,6 +86,16 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
             .read_only
             .push(cwd.to_string_lossy().into_owned());
     }
+    // `up` runs on the developer's own machine: the shipped review agents
+    // get their settings from its environment, and may call a model server
+    // on it (plain HTTP, loopback). A shared executor grants none of this
+    // unless configured (docs/security.md).
+    let e = &mut config.executor;
+    if e.secrets.is_empty() {
+        e.secrets = SHIPPED_SECRETS.iter().map(|s| (*s).to_owned()).collect();
+    }
+    e.http_allow_plaintext = true;
+    e.http_allow_private = true;
 
     let listener = bind("registry", config.registry.listen).await?;
     let opts = devcycle_registry::Options::from_config(&config, listener, &shutdown).await?;

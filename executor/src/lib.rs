@@ -60,6 +60,8 @@ pub struct Options {
     pub work_dir: PathBuf,
     pub drain: Duration,
     pub gateway: SpiffeId,
+    /// What agents may have beyond their sandbox.
+    pub grants: runtime::Grants,
 }
 
 impl Options {
@@ -106,6 +108,14 @@ impl Options {
             },
             drain: Duration::from_millis(e.drain_ms),
             gateway: config.service_id("gateway"),
+            grants: runtime::Grants {
+                secrets: e.secrets.clone(),
+                secret_files: e.secret_files.iter().map(PathBuf::from).collect(),
+                http_plaintext: e.http_allow_plaintext,
+                http_private: e.http_allow_private,
+                unsandboxed: e.allow_unsandboxed,
+                hidden: vec![std::path::absolute(config.tls_dir())?],
+            },
         })
     }
 }
@@ -137,9 +147,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         agent_dir: opts.agent_dir,
         read_only: opts.read_only,
         work_dir: opts.work_dir,
-        http: reqwest::Client::builder()
-            .user_agent("devcycle-executor")
-            .build()?,
+        http: runtime::http::client(&opts.grants)?,
+        grants: opts.grants,
     });
     let trust = opts.tls.trust_domain().to_owned();
     let service = |name: &str| SpiffeId::service(&trust, name).expect("service names are valid");

@@ -86,7 +86,16 @@ async fn server(replies: Vec<Reply>) -> Server {
     }
 }
 
-fn env() -> Env {
+/// What these tests' local servers need: plain HTTP on loopback.
+fn local() -> runtime::Grants {
+    runtime::Grants {
+        http_plaintext: true,
+        http_private: true,
+        ..Default::default()
+    }
+}
+
+fn env(grants: runtime::Grants) -> Env {
     Env {
         caps: Capabilities::none(),
         defaults: Limits {
@@ -100,11 +109,20 @@ fn env() -> Env {
         agent_dir: "/nonexistent".into(),
         read_only: vec![],
         work_dir: std::env::temp_dir(),
-        http: reqwest::Client::new(),
+        http: runtime::http::client(&grants).unwrap(),
+        grants,
     }
 }
 
 async fn call(h: reg::HttpRuntime, input: &str) -> (Finished, Vec<String>) {
+    call_with(h, input, local()).await
+}
+
+async fn call_with(
+    h: reg::HttpRuntime,
+    input: &str,
+    grants: runtime::Grants,
+) -> (Finished, Vec<String>) {
     let version = reg::AgentVersion {
         agent: "remote".into(),
         version: "1.0.0".into(),
@@ -125,7 +143,7 @@ async fn call(h: reg::HttpRuntime, input: &str) -> (Finished, Vec<String>) {
         logs,
         pid: Arc::new(AtomicU32::new(0)),
     };
-    let done = runtime::run(&task, &env()).await;
+    let done = runtime::run(&task, &env(grants)).await;
     drop(task);
     let mut out = Vec::new();
     while let Some((_, l)) = lines.recv().await {
@@ -169,7 +187,12 @@ async fn openai_chat_with_a_bearer_token_that_is_never_logged() {
     h.protocol = reg::HttpProtocol::OpenaiChat as i32;
     h.model = "m1".into();
     h.token_file = token_file.to_string_lossy().into_owned();
-    let (done, logs) = call(h, r#"{"prompt":"review this","system":"be brief"}"#).await;
+    let grants = runtime::Grants {
+        secret_files: vec![token_file.clone()],
+        ..local()
+    };
+    let (done, logs) =
+        call_with(h, r#"{"prompt":"review this","system":"be brief"}"#, grants).await;
     let out: Value = serde_json::from_str(done.outcome.as_ref().unwrap()).unwrap();
     assert_eq!(out["content"], "LGTM");
     assert_eq!(out["usage"]["total_tokens"], 9);
@@ -235,4 +258,103 @@ async fn slow_servers_time_out() {
     let s = server(vec![Reply(200, "not json".into(), 0)]).await;
     let (done, _) = call(json_runtime(&s.url), "{}").await;
     assert_eq!(done.outcome.unwrap_err().kind, kinds::INVALID_OUTPUT);
+}
+
+#[track_caller]
+fn refused(done: &Finished, kind: &str, says: &str) {
+    match &done.outcome {
+        Err(e) => {
+            assert_eq!(e.kind, kind, "{e:?}");
+            assert!(e.message.contains(says), "{e:?}");
+        }
+        Ok(o) => panic!("expected {kind}, got {o}"),
+    }
+}
+
+/// Defect: `token_env`/`token_file` sent any executor variable or readable
+/// file as a token to any URL, plain HTTP and loopback or metadata
+/// addresses included. Now tokens come only from the operator's grants, and
+/// targets are HTTPS on public addresses unless the operator allows more.
+#[tokio::test]
+async fn tokens_and_targets_need_the_operators_grant() {
+    let s = server(vec![Reply(200, "{}".into(), 0)]).await;
+    let none = runtime::Grants::default;
+    // Secrets that were not granted, even for an allowed target.
+    let mut h = json_runtime(&s.url);
+    h.token_env = "HOME".into();
+    let (done, _) = call_with(h.clone(), "{}", local()).await;
+    refused(&done, kinds::NOT_GRANTED, "runtime.http.token_env");
+    h.token_env.clear();
+    h.token_file = "/etc/hostname".into();
+    let (done, _) = call_with(h, "{}", local()).await;
+    refused(&done, kinds::NOT_GRANTED, "executor.secret_files");
+    // Plain HTTP, loopback and metadata addresses, literal or by name.
+    let (done, _) = call_with(json_runtime(&s.url), "{}", none()).await;
+    refused(&done, kinds::NOT_GRANTED, "executor.http_allow_plaintext");
+    let port = s.url.split(':').nth(2).unwrap().split('/').next().unwrap();
+    for url in [
+        format!("https://127.0.0.1:{port}/"),
+        "https://169.254.169.254/latest/meta-data/".to_owned(),
+        "https://[::1]/".to_owned(),
+        "https://10.1.2.3/".to_owned(),
+    ] {
+        let (done, _) = call_with(json_runtime(&url), "{}", none()).await;
+        refused(&done, kinds::NOT_GRANTED, "executor.http_allow_private");
+    }
+    let mut h = json_runtime(&format!("https://localhost:{port}/"));
+    h.max_retries = 0;
+    let (done, _) = call_with(h, "{}", none()).await;
+    refused(&done, kinds::HTTP, "no public address");
+    assert_eq!(
+        s.hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the server"
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Defect: the whole body was read before the size check, so a 100 MB
+/// answer took 100 MB of the executor's memory. Now it is refused at the
+/// limit, read in chunks.
+#[tokio::test]
+async fn a_huge_response_is_refused_without_holding_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf).await;
+        // No content-length: the size shows only while reading.
+        let _ = sock
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..1600 {
+            if sock.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let before = rss_kib();
+    let mut h = json_runtime(&url);
+    h.max_retries = 0;
+    let (done, _) = call(h, "{}").await;
+    refused(&done, kinds::OUTPUT_LIMIT, "exceeded");
+    let grew = rss_kib().saturating_sub(before);
+    assert!(
+        grew < 40 * 1024,
+        "RSS grew by {grew} KiB for a 100 MB answer"
+    );
 }

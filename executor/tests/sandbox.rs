@@ -25,6 +25,7 @@ fn env(work: &std::path::Path, caps: Capabilities) -> Env {
         read_only: vec![],
         work_dir: work.join("tasks"),
         http: reqwest::Client::new(),
+        grants: runtime::Grants::default(),
     }
 }
 
@@ -261,8 +262,17 @@ async fn isolation_that_cannot_be_provided_is_refused() {
     a.isolation = true;
     let (r, _) = run(a, &env).await;
     failed(&r, kinds::ISOLATION_UNAVAILABLE);
-    // Without namespaces an agent that does not require them runs, and the
+    // Defect: without bubblewrap agents ran as the executor's user, able to
+    // read its worker key. Now they are refused unless the operator allows
+    // running unsandboxed.
+    let (r, _) = run(sh("echo '{}'"), &env).await;
+    failed(&r, kinds::ISOLATION_UNAVAILABLE);
+    let e = r.outcome.unwrap_err();
+    assert!(e.message.contains("executor.allow_unsandboxed"), "{e:?}");
+    // Allowed: an agent that does not require isolation runs, and the
     // report says what was not enforced.
+    let mut env = env;
+    env.grants.unsandboxed = true;
     let (r, _) = run(sh("echo '{}'"), &env).await;
     assert_eq!(r.outcome, Ok("{}".into()));
     assert!(!r.enforcement.namespaces && !r.enforcement.network_isolated && r.enforcement.rlimits);
@@ -307,4 +317,78 @@ async fn agent_files_under_tmp_stay_visible_in_the_sandbox() {
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out["note"], "from the host");
     assert!(done.enforcement.namespaces, "ran without bubblewrap");
+}
+
+/// Defect: the sandbox bound the host's whole /etc, and a read-only
+/// directory holding the executor's keys exposed them. Now /etc is reduced
+/// to what programs need, and the key directory is hidden even inside a
+/// bound directory.
+#[tokio::test]
+async fn the_executors_keys_and_the_hosts_etc_stay_out_of_reach() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mut env = env(dir.path(), caps());
+    let data = dir.path().join("data");
+    let pki = data.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::write(pki.join("worker-w1.key"), "PRIVATE KEY").unwrap();
+    std::fs::write(data.join("notes.txt"), "shared").unwrap();
+    env.read_only = vec![data.clone()];
+    env.grants.hidden = vec![pki.clone()];
+    let script = format!(
+        "k=$(cat {key} 2>/dev/null || echo hidden); n=$(cat {notes}); \
+         if [ -e /etc/os-release ] || [ -e /etc/shadow ]; then e=visible; else e=absent; fi; \
+         test -r /etc/resolv.conf -o ! -e /etc/resolv.conf || e=broken; \
+         printf '{{\"key\":\"%s\",\"notes\":\"%s\",\"etc\":\"%s\"}}' \"$k\" \"$n\" \"$e\"",
+        key = pki.join("worker-w1.key").display(),
+        notes = data.join("notes.txt").display()
+    );
+    let (done, logs) = run(sh(&script), &env).await;
+    let out = done.outcome.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["key"], "hidden");
+    assert_eq!(out["notes"], "shared");
+    assert_eq!(out["etc"], "absent", "only what programs need from /etc");
+}
+
+/// Defect: `${env:ANY}` handed any executor variable to an agent. Only the
+/// variables the operator lists in `executor.secrets` are shared.
+#[tokio::test]
+async fn agents_get_only_the_secrets_they_are_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env(dir.path(), caps());
+    let version = reg::AgentVersion {
+        agent: "probe".into(),
+        version: "1.0.0".into(),
+        runtime: Some(reg::Runtime {
+            kind: Some(reg::runtime::Kind::Process(reg::ProcessRuntime {
+                command: "/bin/sh".into(),
+                args: vec!["-c".into(), "printf '{\"home\":\"%s\"}' \"$GOT\"".into()],
+                env: [("GOT".to_owned(), "${env:HOME}".to_owned())].into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let task = |v: &reg::AgentVersion| TaskRun {
+        task_id: uuid::Uuid::new_v4().to_string(),
+        attempt: 1,
+        run_id: "run".into(),
+        agent: Arc::new(v.clone()),
+        input: "{}".into(),
+        start_to_close: Duration::ZERO,
+        cancel: CancellationToken::new(),
+        logs: LogSink::new().0,
+        pid: Arc::new(AtomicU32::new(0)),
+    };
+    let r = runtime::run(&task(&version), &env).await;
+    failed(&r, kinds::NOT_GRANTED);
+    let e = r.outcome.unwrap_err();
+    assert!(
+        e.message.contains("runtime.process.env.GOT") && e.message.contains("executor.secrets"),
+        "{e:?}"
+    );
+    env.grants.secrets = vec!["HOME".into()];
+    let r = runtime::run(&task(&version), &env).await;
+    let out: serde_json::Value = serde_json::from_str(&r.outcome.unwrap()).unwrap();
+    assert_eq!(out["home"], std::env::var("HOME").unwrap_or_default());
 }

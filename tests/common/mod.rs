@@ -103,6 +103,7 @@ database_url = "sqlite://{data}/scheduler.db"
 agent_dir = "{repo}/examples/agents"
 read_only = ["{repo}/examples"]
 drain_ms = 2000
+secrets = ["REVIEW_API_URL", "REVIEW_MODEL", "REVIEW_API_KEY"]
 "#,
             data = data.path().display(),
             repo = repo().display()

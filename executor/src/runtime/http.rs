@@ -2,34 +2,55 @@
 //! the response body as output; `openai-chat` builds a chat completion
 //! request from the input and returns the model's answer. Retries 429 and
 //! 5xx with exponential backoff (honouring `Retry-After`); the bearer token
-//! comes from the executor's environment or a file and is never logged.
+//! comes from the executor's environment or a file, only those the operator
+//! granted ([`Grants`]), and is never logged.
+//!
+//! Targets are HTTPS on public addresses unless the operator allows plain
+//! HTTP or private addresses: names resolve through [`PublicOnly`], so a
+//! name that points at loopback, a private network or a cloud metadata
+//! address is refused at connect time (DNS rebinding included), and so are
+//! such literal addresses and redirects to them. Bodies are read in chunks
+//! and refused past [`MAX_BODY`].
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use serde_json::{Value, json};
 
-use super::{Failure, Finished, TaskRun, kinds};
+use super::{Failure, Finished, Grants, TaskRun, kinds};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BODY: usize = 8 * 1024 * 1024;
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
-fn token(h: &reg::HttpRuntime) -> Result<Option<String>, Failure> {
+fn token(h: &reg::HttpRuntime, grants: &Grants) -> Result<Option<String>, Failure> {
     if !h.token_env.is_empty() {
-        return match std::env::var(&h.token_env) {
-            Ok(t) if !t.is_empty() => Ok(Some(t)),
-            _ => Err(Failure::permanent(
+        let t = grants.secret(&h.token_env, "runtime.http.token_env")?;
+        if t.is_empty() {
+            return Err(Failure::permanent(
                 kinds::HTTP,
                 format!(
                     "the executor has no environment variable {} for the token",
                     h.token_env
                 ),
-            )),
-        };
+            ));
+        }
+        return Ok(Some(t));
     }
     if !h.token_file.is_empty() {
-        return std::fs::read_to_string(&h.token_file)
+        let path = std::path::Path::new(&h.token_file);
+        if !grants.secret_files.iter().any(|f| f == path) {
+            return Err(Failure::permanent(
+                kinds::NOT_GRANTED,
+                format!(
+                    "runtime.http.token_file: the executor does not share {} with agents (executor.secret_files)",
+                    h.token_file
+                ),
+            ));
+        }
+        return std::fs::read_to_string(path)
             .map(|t| Some(t.trim().to_owned()))
             .map_err(|e| {
                 Failure::permanent(
@@ -80,13 +101,178 @@ pub fn chat_output(resp: &Value) -> Result<Value, String> {
     }))
 }
 
-pub async fn run(task: &TaskRun, h: &reg::HttpRuntime, client: &reqwest::Client) -> Finished {
+/// Whether `ip` is a public unicast address: not loopback, private,
+/// link-local (cloud metadata), shared, documentation, multicast or
+/// otherwise reserved.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0xdb8)
+        }
+    }
+}
+
+/// An error with its causes: reqwest's own message hides the interesting
+/// part (a refused address, a TLS failure).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Resolves names to their public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} has no public address; private targets need executor.http_allow_private"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Why `url` may not be called under `grants`, if it may not.
+fn refused(url: &reqwest::Url, grants: &Grants) -> Option<String> {
+    match url.scheme() {
+        "https" => {}
+        "http" if grants.http_plaintext => {}
+        "http" => {
+            return Some(format!(
+                "{url}: plain HTTP needs executor.http_allow_plaintext; use https"
+            ));
+        }
+        other => return Some(format!("{url}: scheme {other} is not HTTP")),
+    }
+    let literal = url.host_str().and_then(|h| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+    });
+    match literal {
+        Some(ip) if !grants.http_private && !is_public(ip) => Some(format!(
+            "{url}: {ip} is not a public address; private targets need executor.http_allow_private"
+        )),
+        _ => None,
+    }
+}
+
+/// The client every http agent uses: with the address rules of `grants`,
+/// redirects included.
+pub fn client(grants: &Grants) -> reqwest::Result<reqwest::Client> {
+    let g = grants.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        match refused(attempt.url(), &g) {
+            Some(why) => attempt.error(format!("redirect refused: {why}")),
+            None => attempt.follow(),
+        }
+    });
+    let mut b = reqwest::Client::builder()
+        .user_agent("devcycle-executor")
+        .redirect(redirects);
+    if !grants.http_private {
+        b = b.dns_resolver(Arc::new(PublicOnly));
+    }
+    b.build()
+}
+
+/// Reads a body in chunks, refusing it past [`MAX_BODY`] without holding
+/// more than that.
+async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, Result<Failure, String>> {
+    let too_big = || {
+        Err(Ok(Failure::permanent(
+            kinds::OUTPUT_LIMIT,
+            format!("response exceeded {MAX_BODY} bytes"),
+        )))
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return too_big();
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() + c.len() > MAX_BODY {
+                    return too_big();
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(Err(format!("reading the response failed: {e}"))),
+        }
+    }
+}
+
+pub async fn run(
+    task: &TaskRun,
+    h: &reg::HttpRuntime,
+    client: &reqwest::Client,
+    grants: &Grants,
+) -> Finished {
     let e = pb::Enforcement {
         notes: "remote agent over HTTP".into(),
         ..Default::default()
     };
     let fail = |f: Failure| Finished::failed(f, e.clone());
-    let token = match token(h) {
+    match reqwest::Url::parse(&h.url) {
+        Ok(url) => {
+            if let Some(why) = refused(&url, grants) {
+                return fail(Failure::permanent(
+                    kinds::NOT_GRANTED,
+                    format!("runtime.http.url: {why}"),
+                ));
+            }
+        }
+        Err(err) => {
+            return fail(Failure::permanent(
+                kinds::HTTP,
+                format!("runtime.http.url: {err}"),
+            ));
+        }
+    }
+    let token = match token(h, grants) {
         Ok(t) => t,
         Err(f) => return fail(f),
     };
@@ -131,25 +317,22 @@ pub async fn run(task: &TaskRun, h: &reg::HttpRuntime, client: &reqwest::Client)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .map(Duration::from_secs);
-                let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-                if bytes.len() > MAX_BODY {
-                    return fail(Failure::permanent(
-                        kinds::OUTPUT_LIMIT,
-                        format!("response exceeded {MAX_BODY} bytes"),
-                    ));
+                match read_body(resp).await {
+                    Ok(bytes) => (
+                        Some(status),
+                        retry_after,
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ),
+                    Err(Ok(f)) => return fail(f),
+                    Err(Err(why)) => (None, None, why),
                 }
-                (
-                    Some(status),
-                    retry_after,
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                )
             }
             Err(err) if err.is_timeout() => (
                 None,
                 None,
                 format!("timed out after {} ms", timeout.as_millis()),
             ),
-            Err(err) => (None, None, format!("request failed: {err}")),
+            Err(err) => (None, None, format!("request failed: {}", chain(&err))),
         };
         let retryable = status.is_none_or(|s| s.as_u16() == 429 || s.is_server_error());
         if let Some(s) = status

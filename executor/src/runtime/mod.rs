@@ -34,6 +34,8 @@ pub mod kinds {
     pub const HTTP_STATUS: &str = "http_status";
     pub const HTTP: &str = "http";
     pub const UNSUPPORTED: &str = "unsupported_runtime";
+    /// The agent asked for something the operator did not grant.
+    pub const NOT_GRANTED: &str = "not_granted";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,39 @@ impl TaskRun {
     }
 }
 
+/// What the operator lets agents have beyond their sandbox (see
+/// docs/security.md). Everything defaults to no.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Executor environment variables agents may receive.
+    pub secrets: Vec<String>,
+    /// Files an http agent may send as its token.
+    pub secret_files: Vec<PathBuf>,
+    /// The http runtime may use plain HTTP.
+    pub http_plaintext: bool,
+    /// The http runtime may reach non-public addresses.
+    pub http_private: bool,
+    /// Process agents may run without bubblewrap.
+    pub unsandboxed: bool,
+    /// Directories never visible to an agent (the executor's keys).
+    pub hidden: Vec<PathBuf>,
+}
+
+impl Grants {
+    /// The executor's variable `name`, if agents may have it.
+    pub fn secret(&self, name: &str, field: &str) -> Result<String, Failure> {
+        if !self.secrets.iter().any(|s| s == name) {
+            return Err(Failure::permanent(
+                kinds::NOT_GRANTED,
+                format!(
+                    "{field}: the executor does not share {name} with agents (executor.secrets)"
+                ),
+            ));
+        }
+        Ok(std::env::var(name).unwrap_or_default())
+    }
+}
+
 /// What every run needs from the executor.
 pub struct Env {
     pub caps: process::Capabilities,
@@ -125,7 +160,9 @@ pub struct Env {
     /// Host directories bound read-only into every sandbox.
     pub read_only: Vec<PathBuf>,
     pub work_dir: PathBuf,
+    /// Built with [`http::client`], which enforces `grants` on addresses.
     pub http: reqwest::Client,
+    pub grants: Grants,
 }
 
 /// Runs one attempt to its end.
@@ -142,10 +179,11 @@ pub async fn run(task: &TaskRun, env: &Env) -> Finished {
                 agent_dir: &env.agent_dir,
                 read_only: &env.read_only,
                 work_dir: &env.work_dir,
+                grants: &env.grants,
             };
             process::run(task, spec, &env.caps).await
         }
-        Some(Kind::Http(h)) => http::run(task, h, &env.http).await,
+        Some(Kind::Http(h)) => http::run(task, h, &env.http, &env.grants).await,
         None => Finished::failed(
             Failure::permanent(kinds::UNSUPPORTED, "the agent version has no runtime"),
             none,

@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::cgroup::{self, TaskCgroup};
-use super::{Failure, Finished, TaskRun, kinds};
+use super::{Failure, Finished, Grants, TaskRun, kinds};
 
 /// Exit status of the wrapper when joining the cgroup or setting limits failed.
 const SETUP_FAILED: i32 = 125;
@@ -141,19 +141,46 @@ pub struct ProcessSpec<'a> {
     /// More host directories bound read-only.
     pub read_only: &'a [PathBuf],
     pub work_dir: &'a Path,
+    pub grants: &'a Grants,
 }
 
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// `${env:NAME}` in an agent's environment takes the executor's variable.
-fn expand_env(v: &str) -> String {
+/// `${env:NAME}` in an agent's environment takes the executor's variable,
+/// if the operator shares it with agents.
+fn expand_env(key: &str, v: &str, grants: &Grants) -> Result<String, Failure> {
     match v.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
-        Some(name) => std::env::var(name).unwrap_or_default(),
-        None => v.to_owned(),
+        Some(name) => grants.secret(name, &format!("runtime.process.env.{key}")),
+        None => Ok(v.to_owned()),
     }
 }
+
+/// System directories bound read-only into every sandbox. Of `/etc`, only
+/// what programs need to run, resolve names and verify TLS: the rest of a
+/// host's `/etc` is its own business.
+const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"];
+const ETC_FILES: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ca-certificates",
+    "/etc/ssl",
+    "/etc/pki",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/localtime",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/mime.types",
+    "/etc/python3",
+    "/etc/gitconfig",
+];
 
 pub async fn run(task: &TaskRun, spec: ProcessSpec<'_>, caps: &Capabilities) -> Finished {
     let p = spec.runtime;
@@ -161,14 +188,26 @@ pub async fn run(task: &TaskRun, spec: ProcessSpec<'_>, caps: &Capabilities) -> 
         rlimits: true,
         ..Default::default()
     };
-    if p.require_isolation && caps.bwrap.is_none() {
+    if caps.bwrap.is_none() && (p.require_isolation || !spec.grants.unsandboxed) {
+        let why = if p.require_isolation {
+            "the agent requires isolation and this executor has no working bubblewrap"
+        } else {
+            "this executor has no working bubblewrap and does not run agents unsandboxed \
+             (install bubblewrap, or set executor.allow_unsandboxed)"
+        };
         return Finished::failed(
-            Failure::permanent(
-                kinds::ISOLATION_UNAVAILABLE,
-                "the agent requires isolation and this executor has no working bubblewrap",
-            ),
+            Failure::permanent(kinds::ISOLATION_UNAVAILABLE, why),
             enforcement,
         );
+    }
+    let mut agent_env = BTreeMap::new();
+    for (k, v) in &p.env {
+        match expand_env(k, v, spec.grants) {
+            Ok(v) => {
+                agent_env.insert(k.clone(), v);
+            }
+            Err(f) => return Finished::failed(f, enforcement),
+        }
     }
     let workspace = spec
         .work_dir
@@ -204,6 +243,7 @@ pub async fn run(task: &TaskRun, spec: ProcessSpec<'_>, caps: &Capabilities) -> 
         caps,
         &workspace,
         cgroup.as_ref(),
+        agent_env,
         &mut enforcement,
     )
     .await;
@@ -220,6 +260,7 @@ async fn run_in(
     caps: &Capabilities,
     workspace: &Path,
     cgroup: Option<&TaskCgroup>,
+    agent_env: BTreeMap<String, String>,
     enforcement: &mut pb::Enforcement,
 ) -> Finished {
     let p = spec.runtime;
@@ -286,7 +327,7 @@ async fn run_in(
             if !p.network_allowed {
                 cmd.arg("--unshare-net");
             }
-            for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"] {
+            for dir in SYSTEM_DIRS.iter().chain(ETC_FILES) {
                 cmd.args(["--ro-bind-try", dir, dir]);
             }
             // Mounts apply in order: the private /tmp first, so that an
@@ -298,6 +339,16 @@ async fn run_in(
             }
             for dir in spec.read_only {
                 cmd.arg("--ro-bind-try").arg(dir).arg(dir);
+            }
+            // The executor's keys stay out of reach even when a bound
+            // directory holds them.
+            for hidden in &spec.grants.hidden {
+                let bound = std::iter::once(spec.agent_dir)
+                    .chain(spec.read_only.iter().map(PathBuf::as_path))
+                    .any(|d| hidden.starts_with(d));
+                if bound {
+                    cmd.arg("--tmpfs").arg(hidden);
+                }
             }
             cmd.arg("--bind").arg(workspace).arg("/workspace");
             cmd.args(["--chdir", "/workspace", "--"]);
@@ -323,8 +374,7 @@ async fn run_in(
         .env("DEVCYCLE_RUN_ID", &task.run_id)
         .env("DEVCYCLE_ATTEMPT", task.attempt.to_string())
         .env("DEVCYCLE_AGENT", &task.agent.agent);
-    let env: BTreeMap<&String, String> = p.env.iter().map(|(k, v)| (k, expand_env(v))).collect();
-    cmd.envs(env);
+    cmd.envs(agent_env);
     cmd.current_dir(workspace)
         .process_group(0)
         .stdin(Stdio::piped())
