@@ -217,14 +217,64 @@ pub struct GatewayConfig {
     pub external_issuers: Vec<ExternalIssuerConfig>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExternalIssuerConfig {
     pub issuer: String,
+    /// `https://`; `http://` only to a loopback host.
     pub jwks_url: String,
     pub audience: String,
     /// Prepended to `sub`, keeping external users apart from local ones.
     pub subject_prefix: String,
+    /// Longest interval between JWKS refreshes, seconds; a shorter
+    /// `Cache-Control: max-age` from the issuer wins.
+    pub jwks_refresh_s: u32,
+    /// The token claim (a string or an array of strings) whose values are
+    /// mapped to roles, e.g. `groups`.
+    pub roles_claim: String,
+    /// Claim value → devcycle roles. Values not listed grant nothing; the
+    /// issuer's own role names are never taken as-is.
+    pub role_map: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Roles an external issuer's users may be mapped to.
+const ROLES: [&str; 4] = ["admin", "maintainer", "developer", "viewer"];
+
+/// `https://`, or `http://` to a loopback host (an issuer on the same
+/// machine): keys fetched any other way can be replaced on the way.
+pub fn jwks_url_is_protected(url: &str) -> bool {
+    if let Some(rest) = url.strip_prefix("https://") {
+        return !rest.is_empty() && !rest.starts_with('/');
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Default for ExternalIssuerConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            jwks_url: String::new(),
+            audience: String::new(),
+            subject_prefix: String::new(),
+            jwks_refresh_s: 300,
+            roles_claim: "groups".into(),
+            role_map: Default::default(),
+        }
+    }
 }
 
 /// The event bus. Without brokers, events stay in the process (`devcycle up`).
@@ -486,17 +536,39 @@ impl GatewayConfig {
             ));
         }
         for (i, e) in self.external_issuers.iter().enumerate() {
-            if e.issuer.is_empty()
-                || e.audience.is_empty()
-                || e.subject_prefix.is_empty()
-                || !e.jwks_url.starts_with("http")
-            {
+            if e.issuer.is_empty() || e.audience.is_empty() || e.subject_prefix.is_empty() {
                 return Err(invalid(
                     "gateway.external_issuers",
                     format!(
-                        "entry {i}: issuer, audience, subject_prefix (keeping its users apart from local ones) and an http(s) jwks_url are required"
+                        "entry {i}: issuer, audience, subject_prefix (keeping its users apart from local ones) and jwks_url are required"
                     ),
                 ));
+            }
+            if !jwks_url_is_protected(&e.jwks_url) {
+                return Err(invalid(
+                    "gateway.external_issuers",
+                    format!(
+                        "entry {i}: jwks_url {:?} must be https:// (http:// only to a loopback host)",
+                        e.jwks_url
+                    ),
+                ));
+            }
+            if e.roles_claim.is_empty() || e.jwks_refresh_s == 0 {
+                return Err(invalid(
+                    "gateway.external_issuers",
+                    format!("entry {i}: roles_claim and a positive jwks_refresh_s are required"),
+                ));
+            }
+            for (value, roles) in &e.role_map {
+                if let Some(r) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                    return Err(invalid(
+                        "gateway.external_issuers",
+                        format!(
+                            "entry {i}: role_map[{value:?}] names {r:?}; roles are {}",
+                            ROLES.join(", ")
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -733,6 +805,43 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("listen_port"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn external_issuers_need_protected_jwks_and_known_roles() {
+        assert!(jwks_url_is_protected("https://idp.example/jwks.json"));
+        assert!(jwks_url_is_protected("http://127.0.0.1:8080/jwks.json"));
+        assert!(jwks_url_is_protected("http://[::1]/jwks"));
+        assert!(jwks_url_is_protected("http://localhost/jwks"));
+        assert!(!jwks_url_is_protected("http://idp.example/jwks.json"));
+        assert!(!jwks_url_is_protected("http://10.0.0.1/jwks.json"));
+        assert!(!jwks_url_is_protected("http://127.0.0.1@idp.example/jwks"));
+        assert!(!jwks_url_is_protected("ftp://idp.example/jwks.json"));
+        assert!(!jwks_url_is_protected("idp.example/jwks.json"));
+        figment::Jail::expect_with(|jail| {
+            let issuer = |url: &str, role: &str| {
+                format!(
+                    "[[gateway.external_issuers]]\nissuer = \"https://idp.example\"\naudience = \"devcycle\"\nsubject_prefix = \"idp-\"\njwks_url = \"{url}\"\nrole_map = {{ eng = [\"{role}\"] }}\n"
+                )
+            };
+            jail.create_file("ok.toml", &issuer("https://idp.example/jwks", "developer"))?;
+            let c = Config::load(Some(Path::new("ok.toml"))).expect("valid");
+            assert_eq!(c.gateway.external_issuers[0].roles_claim, "groups");
+            jail.create_file("http.toml", &issuer("http://idp.example/jwks", "developer"))?;
+            let err = Config::load(Some(Path::new("http.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("gateway.external_issuers") && err.contains("https"),
+                "{err}"
+            );
+            jail.create_file("role.toml", &issuer("https://idp.example/jwks", "worker"))?;
+            let err = Config::load(Some(Path::new("role.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("role_map") && err.contains("worker"), "{err}");
             Ok(())
         });
     }

@@ -18,7 +18,7 @@ use crate::principal::{BootstrapCredential, caller, client_addr, invalid, rate_l
 use crate::revocation::{Revocations, Revoked, jti_entry, session_entry};
 use crate::store::{Store, UserRow};
 use crate::tokens::{Minter, digest, random_id};
-use crate::{password, totp};
+use crate::{errors, password, totp};
 
 /// Login attempts per user name: a burst of 5, then one every 12 s.
 const LOGIN_BURST: u32 = 5;
@@ -40,10 +40,6 @@ pub struct AuthService {
     pub ca: Option<Arc<CertificateAuthority>>,
     /// The one-time token that may create the first admin.
     pub bootstrap: Mutex<Option<String>>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(e.to_string())
 }
 
 fn role_name(r: i32) -> Result<&'static str, ()> {
@@ -137,7 +133,7 @@ impl AuthService {
             .cache
             .rate(&[bucket], now_ms() * 1000)
             .await
-            .map_err(unavailable)?;
+            .map_err(errors::session_store)?;
         if d.allowed {
             Ok(())
         } else {
@@ -155,7 +151,7 @@ impl AuthService {
             name: name.clone(),
             password_hash: password::hash(password)
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?,
+                .map_err(|e| errors::internal("password hashing", e))?,
             roles,
             totp_secret: None,
             totp_pending: None,
@@ -176,7 +172,12 @@ impl AuthService {
     /// Ends a session and revokes it in every replica.
     /// Ends every session of `name` and revokes its certificates.
     async fn end_user(&self, name: &str) -> Result<(), Status> {
-        for s in self.cache.sessions_of(name).await.map_err(unavailable)? {
+        for s in self
+            .cache
+            .sessions_of(name)
+            .await
+            .map_err(errors::session_store)?
+        {
             self.end_session(&s.id).await?;
         }
         self.revoke_certificates(name).await
@@ -195,13 +196,13 @@ impl AuthService {
         self.cache
             .revoke(&session_entry(id), until)
             .await
-            .map_err(unavailable)?;
+            .map_err(errors::session_store)?;
         self.revocations.insert(session_entry(id), until);
         Ok(self
             .cache
             .end_session(id)
             .await
-            .map_err(unavailable)?
+            .map_err(errors::session_store)?
             .is_some())
     }
 
@@ -229,7 +230,7 @@ impl AuthService {
         self.cache
             .put_session(&record, life.idle_s * 1000)
             .await
-            .map_err(unavailable)?;
+            .map_err(errors::session_store)?;
         let access = self.minter.access(&user.name, &user.roles, &id, now);
         Ok(pb::LoginResponse {
             access_token: access.token,
@@ -325,7 +326,7 @@ impl pb::auth_server::Auth for AuthService {
                 self.minter.life.idle_s * 1000,
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(errors::session_store)?;
         match rotation {
             Rotation::Rotated(_) => {}
             Rotation::Reused => {
@@ -360,7 +361,7 @@ impl pb::auth_server::Auth for AuthService {
         self.cache
             .revoke(&jti_entry(&c.jti), until)
             .await
-            .map_err(unavailable)?;
+            .map_err(errors::session_store)?;
         self.revocations.insert(jti_entry(&c.jti), until);
         if !c.session.is_empty() {
             self.end_session(&c.session).await?;
@@ -394,7 +395,7 @@ impl pb::auth_server::Auth for AuthService {
             .cache
             .sessions_of(&c.subject)
             .await
-            .map_err(unavailable)?
+            .map_err(errors::session_store)?
             .into_iter()
             .map(|s| pb::Session {
                 current: s.id == c.session,
@@ -417,7 +418,11 @@ impl pb::auth_server::Auth for AuthService {
         let id = req.into_inner().session_id;
         validate::required("session_id", &id).map_err(invalid)?;
         validate::max_bytes("session_id", &id, 64).map_err(invalid)?;
-        let s = self.cache.session(&id).await.map_err(unavailable)?;
+        let s = self
+            .cache
+            .session(&id)
+            .await
+            .map_err(errors::session_store)?;
         // Another user's session is reported as absent, not as forbidden.
         let mine = s.is_some_and(|s| s.user == c.subject || c.roles.iter().any(|r| r == "admin"));
         if !mine {
@@ -437,7 +442,7 @@ impl pb::auth_server::Auth for AuthService {
             .cache
             .sessions_of(&c.subject)
             .await
-            .map_err(unavailable)?;
+            .map_err(errors::session_store)?;
         let mut revoked = 0;
         for s in sessions {
             if keep && s.id == c.session {
@@ -763,14 +768,14 @@ impl pb::auth_server::Auth for AuthService {
         }
         let hash = password::hash(r.new_password)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| errors::internal("password hashing", e))?;
         self.store.set_password(&user.name, &hash).await?;
         // Every other device signs in again with the new password.
         for s in self
             .cache
             .sessions_of(&user.name)
             .await
-            .map_err(unavailable)?
+            .map_err(errors::session_store)?
         {
             if s.id != c.session {
                 self.end_session(&s.id).await?;

@@ -289,6 +289,7 @@ impl Verifier {
         let mut claims =
             self.check_claims(&parts, typ, &ext.audience, now, ext.max_lifetime_s, false)?;
         claims.subject = format!("{}{}", ext.subject_prefix, claims.subject);
+        claims.roles = ext.map_roles(parts.claims.get(ext.roles_claim()));
         Ok(claims)
     }
 
@@ -337,7 +338,8 @@ impl Verifier {
         if devcycle::validate::user_name("sub", subject).is_err() {
             return Err(bad("sub is not a valid user name"));
         }
-        let roles = match c.get("roles") {
+        // External issuers' roles are mapped by the caller instead.
+        let roles = match c.get("roles").filter(|_| own) {
             None => Vec::new(),
             Some(Value::Array(a)) => a
                 .iter()

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod errors;
 pub mod front;
 pub mod json;
 pub mod jwks;
@@ -142,16 +143,8 @@ impl Options {
         let external = g
             .external_issuers
             .iter()
-            .map(|e| {
-                ExternalIssuer::new(
-                    e.issuer.clone(),
-                    e.audience.clone(),
-                    e.jwks_url.clone(),
-                    e.subject_prefix.clone(),
-                    Duration::from_secs(30),
-                )
-            })
-            .collect();
+            .map(|e| ExternalIssuer::new(e, Duration::from_secs(30)))
+            .collect::<anyhow::Result<_>>()?;
         let mut routes = Vec::new();
         for (service, addr, name) in [
             (
@@ -261,6 +254,9 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         opts.revocation_sync,
         shutdown.clone(),
     ));
+    for issuer in &opts.external {
+        tokio::spawn(Arc::clone(issuer).refresh_loop(shutdown.clone()));
+    }
     let mut verifier = Verifier::new(
         opts.issuer.clone(),
         opts.audience.clone(),

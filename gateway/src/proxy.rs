@@ -136,8 +136,11 @@ impl Routes {
             Ok(res) => res,
             Err(e) => {
                 tracing::warn!(method, error = %e, "proxied call failed");
-                Status::unavailable(format!("{}: unreachable: {e}", service.trim_matches('/')))
-                    .into_http()
+                Status::unavailable(format!(
+                    "{} is unreachable; retry later",
+                    service.trim_matches('/')
+                ))
+                .into_http()
             }
         }
     }

@@ -28,11 +28,8 @@ impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exists => tonic::Status::already_exists("already exists"),
-            StoreError::Unavailable(m) => tonic::Status::unavailable(m),
-            StoreError::Other(m) => {
-                tracing::error!(error = %m, "gateway store");
-                tonic::Status::internal("storage error")
-            }
+            StoreError::Unavailable(m) => crate::errors::unavailable("database", m),
+            StoreError::Other(m) => crate::errors::internal("database", m),
         }
     }
 }
