@@ -12,6 +12,7 @@ use tonic::Code;
 use crate::connect::Clients;
 use crate::manifest::Manifest;
 use crate::output::{self, or_dash, table, time};
+use crate::page::paginate;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCmd {
@@ -152,23 +153,18 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
             show_deployment(&d, as_json);
         }
         AgentCmd::List { owner } => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
+            let all = paginate(None, async |page_token, page_size| {
                 let r = c
                     .list_agents(pb::ListAgentsRequest {
-                        page_size: 1000,
-                        page_token: token,
+                        page_size,
+                        page_token,
                         owner: owner.clone().unwrap_or_default(),
                     })
                     .await?
                     .into_inner();
-                all.extend(r.agents);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
-            }
+                Ok((r.agents, r.next_page_token))
+            })
+            .await?;
             if as_json {
                 output::json(&Value::Array(all.iter().map(agent_json).collect()));
             } else {
@@ -207,19 +203,22 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
             show_agent(&a, live.as_ref(), as_json);
         }
         AgentCmd::Versions { name } => {
-            let r = c
-                .list_versions(pb::ListVersionsRequest {
-                    agent: name,
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let versions = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .list_versions(pb::ListVersionsRequest {
+                        agent: name.clone(),
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.versions, r.next_page_token))
+            })
+            .await?;
             if as_json {
-                output::json(&Value::Array(r.versions.iter().map(version_json).collect()));
+                output::json(&Value::Array(versions.iter().map(version_json).collect()));
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .versions
+                let rows: Vec<Vec<String>> = versions
                     .iter()
                     .map(|v| {
                         vec![
@@ -234,21 +233,24 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
             }
         }
         AgentCmd::History { name } => {
-            let r = c
-                .list_deployments(pb::ListDeploymentsRequest {
-                    agent: name,
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let deployments = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .list_deployments(pb::ListDeploymentsRequest {
+                        agent: name.clone(),
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.deployments, r.next_page_token))
+            })
+            .await?;
             if as_json {
                 output::json(&Value::Array(
-                    r.deployments.iter().map(deployment_json).collect(),
+                    deployments.iter().map(deployment_json).collect(),
                 ));
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .deployments
+                let rows: Vec<Vec<String>> = deployments
                     .iter()
                     .map(|d| {
                         vec![
@@ -271,18 +273,23 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
             capability,
             labels: wanted,
         } => {
-            let r = c
-                .find_agents(pb::FindAgentsRequest {
-                    capability: capability.unwrap_or_default(),
-                    labels: wanted.into_iter().collect(),
-                    page_size: 1000,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
+            let capability = capability.unwrap_or_default();
+            let wanted: std::collections::HashMap<_, _> = wanted.into_iter().collect();
+            let matches = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .find_agents(pb::FindAgentsRequest {
+                        capability: capability.clone(),
+                        labels: wanted.clone(),
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.matches, r.next_page_token))
+            })
+            .await?;
             if as_json {
-                let v = r
-                    .matches
+                let v = matches
                     .iter()
                     .map(|m| {
                         json!({
@@ -293,8 +300,7 @@ pub async fn run(cmd: AgentCmd, clients: &Clients, as_json: bool) -> anyhow::Res
                     .collect();
                 output::json(&Value::Array(v));
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .matches
+                let rows: Vec<Vec<String>> = matches
                     .iter()
                     .map(|m| {
                         let a = m.agent.clone().unwrap_or_default();
@@ -501,17 +507,21 @@ pub async fn run_worker(cmd: WorkerCmd, clients: &Clients, as_json: bool) -> any
             println!("draining; {} task(s) were running", r.running);
         }
         WorkerCmd::List { agent } => {
-            let r = c
-                .list_workers(pb::ListWorkersRequest {
-                    agent: agent.unwrap_or_default(),
-                    page_size: 1000,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
+            let agent = agent.unwrap_or_default();
+            let workers = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .list_workers(pb::ListWorkersRequest {
+                        agent: agent.clone(),
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.workers, r.next_page_token))
+            })
+            .await?;
             if as_json {
-                let v = r
-                    .workers
+                let v = workers
                     .iter()
                     .map(|w| {
                         json!({
@@ -523,8 +533,7 @@ pub async fn run_worker(cmd: WorkerCmd, clients: &Clients, as_json: bool) -> any
                     .collect();
                 output::json(&Value::Array(v));
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .workers
+                let rows: Vec<Vec<String>> = workers
                     .iter()
                     .map(|w| {
                         vec![

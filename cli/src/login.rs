@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::connect::{Clients, gateway_ca, gateway_channel};
 use crate::credentials::Credentials;
 use crate::output;
+use crate::page::paginate;
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -61,8 +62,9 @@ pub struct AuditArgs {
     /// Full method, e.g. /devcycle.scheduler.v1.Scheduler/CancelRun.
     #[arg(long)]
     method: Option<String>,
+    /// At most this many (newest first); 0 lists all.
     #[arg(long, default_value_t = 50)]
-    limit: i32,
+    limit: u32,
 }
 
 fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
@@ -245,11 +247,17 @@ pub async fn users(cmd: UserCmd, clients: &Clients, as_json: bool) -> anyhow::Re
             println!("created {name}");
         }
         UserCmd::List => {
-            let users = auth
-                .list_users(pb::ListUsersRequest::default())
-                .await?
-                .into_inner()
-                .users;
+            let users = paginate(None, async |page_token, page_size| {
+                let r = auth
+                    .list_users(pb::ListUsersRequest {
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.users, r.next_page_token))
+            })
+            .await?;
             if as_json {
                 output::json(&serde_json::Value::Array(
                     users
@@ -280,17 +288,26 @@ pub async fn users(cmd: UserCmd, clients: &Clients, as_json: bool) -> anyhow::Re
 }
 
 pub async fn audit(args: AuditArgs, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
-    let events = clients
-        .audit()?
-        .list_audit_events(pb::ListAuditEventsRequest {
-            actor: args.actor.unwrap_or_default(),
-            method: args.method.unwrap_or_default(),
-            page_size: args.limit,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .events;
+    let mut audit = clients.audit()?;
+    let (actor, method) = (
+        args.actor.unwrap_or_default(),
+        args.method.unwrap_or_default(),
+    );
+    let limit = (args.limit > 0).then_some(args.limit as usize);
+    let events = paginate(limit, async |page_token, page_size| {
+        let r = audit
+            .list_audit_events(pb::ListAuditEventsRequest {
+                actor: actor.clone(),
+                method: method.clone(),
+                page_size,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok((r.events, r.next_page_token))
+    })
+    .await?;
     if as_json {
         output::json(&serde_json::Value::Array(
             events

@@ -7,6 +7,7 @@ mod credentials;
 mod login;
 mod manifest;
 mod output;
+mod page;
 mod pki;
 mod up;
 mod workflow;

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::connect::Clients;
 use crate::output::{self, or_dash, table, time};
+use crate::page::paginate;
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCmd {
@@ -43,8 +44,9 @@ pub enum RunCmd {
         state: Option<String>,
         #[arg(long)]
         workflow: Option<String>,
+        /// At most this many (newest first); 0 lists all.
         #[arg(long, default_value_t = 50)]
-        limit: i32,
+        limit: u32,
     },
     /// Show a run and its tasks.
     Get { id: String },
@@ -254,15 +256,18 @@ pub async fn run_workflow(
             println!("stored workflow {name} revision {}", w.revision);
         }
         WorkflowCmd::List => {
-            let r = c
-                .list_workflows(pb::ListWorkflowsRequest {
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            let rows: Vec<Vec<String>> = r
-                .workflows
+            let workflows = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .list_workflows(pb::ListWorkflowsRequest {
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.workflows, r.next_page_token))
+            })
+            .await?;
+            let rows: Vec<Vec<String>> = workflows
                 .iter()
                 .map(|w| {
                     let s = w.spec.clone().unwrap_or_default();
@@ -288,24 +293,31 @@ pub async fn run_run(cmd: RunCmd, clients: &Clients, as_json: bool) -> anyhow::R
             workflow,
             limit,
         } => {
-            let r = c
-                .list_runs(pb::ListRunsRequest {
-                    state: state
-                        .as_deref()
-                        .map(parse_run_state)
-                        .transpose()?
-                        .unwrap_or(0),
-                    workflow: workflow.unwrap_or_default(),
-                    page_size: limit,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let state = state
+                .as_deref()
+                .map(parse_run_state)
+                .transpose()?
+                .unwrap_or(0);
+            let workflow = workflow.unwrap_or_default();
+            let limit = (limit > 0).then_some(limit as usize);
+            let runs = paginate(limit, async |page_token, page_size| {
+                let r = c
+                    .list_runs(pb::ListRunsRequest {
+                        state,
+                        workflow: workflow.clone(),
+                        page_size,
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.runs, r.next_page_token))
+            })
+            .await?;
             if as_json {
-                output::json(&Value::Array(r.runs.iter().map(run_json).collect()));
+                output::json(&Value::Array(runs.iter().map(run_json).collect()));
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .runs
+                let rows: Vec<Vec<String>> = runs
                     .iter()
                     .map(|r| {
                         vec![
@@ -554,24 +566,30 @@ pub async fn run_task(cmd: TaskCmd, clients: &Clients, as_json: bool) -> anyhow:
             }
         }
         TaskCmd::List { run, state } => {
-            let r = c
-                .list_tasks(pb::ListTasksRequest {
-                    run_id: run.unwrap_or_default(),
-                    state: state
-                        .as_deref()
-                        .map(parse_task_state)
-                        .transpose()?
-                        .unwrap_or(0),
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let run_id = run.unwrap_or_default();
+            let state = state
+                .as_deref()
+                .map(parse_task_state)
+                .transpose()?
+                .unwrap_or(0);
+            let tasks = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .list_tasks(pb::ListTasksRequest {
+                        run_id: run_id.clone(),
+                        state,
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.tasks, r.next_page_token))
+            })
+            .await?;
             if as_json {
-                output::json(&Value::Array(r.tasks.iter().map(task_json).collect()));
+                output::json(&Value::Array(tasks.iter().map(task_json).collect()));
             } else {
-                let mut rows = task_rows(&r.tasks);
-                for (row, t) in rows.iter_mut().zip(&r.tasks) {
+                let mut rows = task_rows(&tasks);
+                for (row, t) in rows.iter_mut().zip(&tasks) {
                     row.insert(0, t.id.clone());
                 }
                 table(
@@ -609,24 +627,27 @@ pub async fn run_dlq(cmd: DlqCmd, clients: &Clients, as_json: bool) -> anyhow::R
     let mut c = clients.scheduler()?;
     match cmd {
         DlqCmd::List => {
-            let r = c
-                .list_dead_letters(pb::ListDeadLettersRequest {
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let dead_letters = paginate(None, async |page_token, page_size| {
+                let r = c
+                    .list_dead_letters(pb::ListDeadLettersRequest {
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.dead_letters, r.next_page_token))
+            })
+            .await?;
             if as_json {
                 output::json(&Value::Array(
-                    r.dead_letters
+                    dead_letters
                         .iter()
                         .filter_map(|d| d.task.as_ref())
                         .map(task_json)
                         .collect(),
                 ));
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .dead_letters
+                let rows: Vec<Vec<String>> = dead_letters
                     .iter()
                     .map(|d| {
                         let t = d.task.clone().unwrap_or_default();

@@ -178,6 +178,23 @@ fn up_then_register_publish_deploy_and_roll_back() {
     .unwrap();
     assert_eq!(found.as_array().unwrap().len(), 1);
 
+    // Lists page through everything: 1,001 tasks, past the server's largest
+    // page of 1,000; `--limit` still bounds runs.
+    let noop = examples().join("noop.yaml");
+    ok(&["agent", "apply", noop.to_str().unwrap(), "--deploy"]);
+    let wide = data.path().join("wide.yaml");
+    let tasks: String = (0..1000)
+        .map(|i| format!("  - {{ id: t{i}, agent: noop }}\n"))
+        .collect();
+    std::fs::write(&wide, format!("name: wide\ntasks:\n{tasks}")).unwrap();
+    ok(&["workflow", "submit", wide.to_str().unwrap()]);
+    ok(&["task", "submit", "noop"]);
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["--json", "task", "list"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1001);
+    let runs: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "run", "list", "--limit", "1"])).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+
     // Refusals are precise and exit non-zero.
     let (success, _, err) = cli(data.path(), &mesh.addr, &["agent", "delete", "reviewer"]);
     assert!(!success);
