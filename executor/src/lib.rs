@@ -95,12 +95,8 @@ impl Options {
                 max_open_files: l.max_open_files,
                 max_output_bytes: l.max_output_bytes,
             },
-            agent_dir: std::path::absolute(&e.agent_dir)?,
-            read_only: e
-                .read_only
-                .iter()
-                .map(std::path::absolute)
-                .collect::<Result<_, _>>()?,
+            agent_dir: real(&e.agent_dir)?,
+            read_only: e.read_only.iter().map(real).collect::<Result<_, _>>()?,
             work_dir: if e.work_dir.is_empty() {
                 config.data_dir.join("work")
             } else {
@@ -114,10 +110,34 @@ impl Options {
                 http_plaintext: e.http_allow_plaintext,
                 http_private: e.http_allow_private,
                 unsandboxed: e.allow_unsandboxed,
-                hidden: vec![std::path::absolute(config.tls_dir())?],
+                hidden: hidden_paths(config)?,
             },
         })
     }
+}
+
+/// `p` with symlinks resolved, so that binds and hidden paths compare as
+/// the kernel sees them; absolute as given when it does not exist (yet).
+fn real(p: impl AsRef<std::path::Path>) -> std::io::Result<PathBuf> {
+    std::fs::canonicalize(&p).or_else(|_| std::path::absolute(&p))
+}
+
+/// What no agent may see: the data directory (databases, the gateway's
+/// signing key, other tasks' workspaces), the mesh's keys and CA, and the
+/// operator's secret files.
+fn hidden_paths(config: &devcycle::config::Config) -> std::io::Result<Vec<PathBuf>> {
+    let g = &config.gateway;
+    [config.data_dir.clone(), config.tls_dir()]
+        .into_iter()
+        .chain(
+            [&g.ca_dir, &g.signing_key]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+        )
+        .chain(config.executor.secret_files.iter().map(PathBuf::from))
+        .map(real)
+        .collect()
 }
 
 pub struct Running {

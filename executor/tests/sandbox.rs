@@ -332,21 +332,24 @@ async fn the_executors_keys_and_the_hosts_etc_stay_out_of_reach() {
     std::fs::create_dir_all(&pki).unwrap();
     std::fs::write(pki.join("worker-w1.key"), "PRIVATE KEY").unwrap();
     std::fs::write(data.join("notes.txt"), "shared").unwrap();
+    std::fs::write(data.join("token"), "SECRET TOKEN").unwrap();
     env.read_only = vec![data.clone()];
-    env.grants.hidden = vec![pki.clone()];
+    env.grants.hidden = vec![pki.clone(), data.join("token")];
     let script = format!(
-        "k=$(cat {key} 2>/dev/null || echo hidden); n=$(cat {notes}); \
+        "k=$(cat {key} 2>/dev/null || echo hidden); n=$(cat {notes}); t=$(cat {token}); \
          if [ -e /etc/os-release ] || [ -e /etc/shadow ]; then e=visible; else e=absent; fi; \
          test -r /etc/resolv.conf -o ! -e /etc/resolv.conf || e=broken; \
-         printf '{{\"key\":\"%s\",\"notes\":\"%s\",\"etc\":\"%s\"}}' \"$k\" \"$n\" \"$e\"",
+         printf '{{\"key\":\"%s\",\"notes\":\"%s\",\"etc\":\"%s\",\"token\":\"%s\"}}' \"$k\" \"$n\" \"$e\" \"$t\"",
         key = pki.join("worker-w1.key").display(),
-        notes = data.join("notes.txt").display()
+        notes = data.join("notes.txt").display(),
+        token = data.join("token").display()
     );
     let (done, logs) = run(sh(&script), &env).await;
     let out = done.outcome.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out["key"], "hidden");
     assert_eq!(out["notes"], "shared");
+    assert_eq!(out["token"], "", "a hidden file reads empty");
     assert_eq!(out["etc"], "absent", "only what programs need from /etc");
 }
 
@@ -391,4 +394,20 @@ async fn agents_get_only_the_secrets_they_are_granted() {
     let r = runtime::run(&task(&version), &env).await;
     let out: serde_json::Value = serde_json::from_str(&r.outcome.unwrap()).unwrap();
     assert_eq!(out["home"], std::env::var("HOME").unwrap_or_default());
+
+    // The agent's environment is also the host-side wrapper's: variables
+    // that load code into it are refused, naming the field.
+    let mut preload = version.clone();
+    if let Some(reg::runtime::Kind::Process(p)) =
+        preload.runtime.as_mut().and_then(|r| r.kind.as_mut())
+    {
+        p.env = [("LD_PRELOAD".to_owned(), "/workspace/evil.so".to_owned())].into();
+    }
+    let r = runtime::run(&task(&preload), &env).await;
+    failed(&r, kinds::SANDBOX);
+    let e = r.outcome.unwrap_err();
+    assert!(
+        e.message.contains("runtime.process.env.LD_PRELOAD"),
+        "{e:?}"
+    );
 }

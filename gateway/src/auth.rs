@@ -654,6 +654,18 @@ impl pb::auth_server::Auth for AuthService {
         let bootstrap = req.extensions().get::<BootstrapCredential>().cloned();
         let r = req.into_inner();
         validate::user_name("name", &r.name).map_err(invalid)?;
+        // External users are `<prefix><sub>`: a local user of that shape
+        // would share their identity (runs, ownership, limits).
+        if let Some(p) = self
+            .verifier
+            .external_prefixes()
+            .find(|p| r.name.starts_with(p))
+        {
+            return Err(invalid(FieldError::new(
+                "name",
+                format!("names starting with {p:?} belong to an external issuer's users"),
+            )));
+        }
         check_password("password", &r.password)?;
         let roles = roles_of("roles", &r.roles)?;
         // The bootstrap token is taken out before any await, so concurrent

@@ -60,6 +60,9 @@ impl ExternalIssuer {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
+            // Keys must come from the issuer itself, not through a proxy
+            // the environment names (loopback http would travel in clear).
+            .no_proxy()
             .build()?;
         let refresh = Duration::from_secs(cfg.jwks_refresh_s.max(1).into());
         Ok(Arc::new(Self {
@@ -136,7 +139,7 @@ impl ExternalIssuer {
                 match *last {
                     // A verifier just fetched for an unknown kid.
                     Some(t) if t.elapsed() < self.min_refetch => {
-                        let wait = self.min_refetch - t.elapsed();
+                        let wait = self.min_refetch.saturating_sub(t.elapsed());
                         drop(last);
                         tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -193,7 +196,7 @@ impl ExternalIssuer {
             .get(http::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
-        let body: Value = res.json().await?;
+        let body: Value = serde_json::from_slice(&read_limited(res, MAX_JWKS_BYTES).await?)?;
         let keys = body
             .get("keys")
             .and_then(Value::as_array)
@@ -203,6 +206,21 @@ impl ExternalIssuer {
             max_age,
         ))
     }
+}
+
+/// A JWKS larger than this is refused: real ones hold a few keys.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+async fn read_limited(mut res: reqwest::Response, max: usize) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        anyhow::ensure!(
+            body.len() + chunk.len() <= max,
+            "JWKS larger than {max} bytes"
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `max-age` of a Cache-Control value; `no-cache`/`no-store` mean zero (the

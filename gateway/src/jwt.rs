@@ -248,6 +248,11 @@ impl Verifier {
         }
     }
 
+    /// The subject prefixes of external issuers' users.
+    pub fn external_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.external.iter().map(|e| e.subject_prefix.as_str())
+    }
+
     pub fn own_keys(&self) -> &[PublicKey] {
         &self.own
     }

@@ -606,6 +606,23 @@ async fn external_keys_are_refreshed_removed_kids_dropped_and_roles_mapped() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
+    // A local user cannot take an external user's name.
+    let admin = gw.admin().await.access_token;
+    let e = gw
+        .auth()
+        .create_user(bearer(
+            pb::CreateUserRequest {
+                name: "idp-carol".into(),
+                password: "a long enough password".into(),
+                roles: vec![pb::Role::Viewer as i32],
+            },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("name"), "{e:?}");
+
     // The issuer rotates: the old key is gone from its JWKS. A token signed
     // with it, whose kid stays cached, is refused within a few refreshes.
     jwks.serve(&[&new]);

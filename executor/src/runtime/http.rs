@@ -107,7 +107,7 @@ pub fn chat_output(resp: &Value) -> Result<Value, String> {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -118,19 +118,39 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 198 && (b == 18 || b == 19))
+                || (a == 192 && b == 0 && c == 0)
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            // Addresses that carry an IPv4 address reach it: NAT64 (well-known
+            // prefix), 6to4, and the deprecated IPv4-compatible form.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(s[6], s[7]);
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]);
+            }
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return embedded(s[6], s[7]);
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0xdb8)
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] == 0x64 && s[1] == 0xff9b) // local-use NAT64, 64:ff9b:1::/48
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to anywhere
+                || (s[0] == 0x2001 && s[1] == 0xdb8))
         }
     }
 }
@@ -211,6 +231,8 @@ pub fn client(grants: &Grants) -> reqwest::Result<reqwest::Client> {
     });
     let mut b = reqwest::Client::builder()
         .user_agent("devcycle-executor")
+        // A proxy would resolve names itself, past the resolver below.
+        .no_proxy()
         .redirect(redirects);
     if !grants.http_private {
         b = b.dns_resolver(Arc::new(PublicOnly));
@@ -415,5 +437,43 @@ mod tests {
             .unwrap();
         assert_eq!(out["content"], "ok");
         assert!(chat_output(&json!({"choices": []})).is_err());
+    }
+}
+
+#[cfg(test)]
+mod addresses {
+    use super::is_public;
+
+    #[test]
+    fn only_public_unicast_addresses_pass() {
+        for ip in ["93.184.216.34", "2606:4700::1111", "64:ff9b::5db8:d822"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "192.0.0.8",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",  // NAT64 of 169.254.169.254
+            "64:ff9b:1::1",        // local-use NAT64
+            "2002:7f00:1::1",      // 6to4 of 127.0.0.1
+            "2001:0:4136:e378::1", // Teredo
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -133,7 +133,7 @@ pub struct Grants {
     pub http_private: bool,
     /// Process agents may run without bubblewrap.
     pub unsandboxed: bool,
-    /// Directories never visible to an agent (the executor's keys).
+    /// Paths never visible to an agent (data, keys, secret files).
     pub hidden: Vec<PathBuf>,
 }
 

@@ -148,9 +148,40 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Variables that change how the dynamic loader and libc behave — glibc's
+/// own list of what it ignores for setuid programs. The agent's environment
+/// is also the environment of the host-side wrapper and bubblewrap, outside
+/// the sandbox, so these would run code there.
+const LOADER_VARS: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TZDIR",
+];
+
+fn loader_var(name: &str) -> bool {
+    name.starts_with("LD_") || LOADER_VARS.contains(&name)
+}
+
 /// `${env:NAME}` in an agent's environment takes the executor's variable,
 /// if the operator shares it with agents.
 fn expand_env(key: &str, v: &str, grants: &Grants) -> Result<String, Failure> {
+    if loader_var(key) {
+        return Err(Failure::permanent(
+            kinds::SANDBOX,
+            format!(
+                "runtime.process.env.{key}: loader and libc variables are not passed to agents"
+            ),
+        ));
+    }
     match v.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
         Some(name) => grants.secret(name, &format!("runtime.process.env.{key}")),
         None => Ok(v.to_owned()),
@@ -340,15 +371,24 @@ async fn run_in(
             for dir in spec.read_only {
                 cmd.arg("--ro-bind-try").arg(dir).arg(dir);
             }
-            // The executor's keys stay out of reach even when a bound
-            // directory holds them.
+            // The executor's data, keys and secret files stay out of reach
+            // even when a bound directory (or a system one) holds them:
+            // mounted after every bind, a hidden path covers what is under
+            // it. Only the agent directory itself is bound again.
             for hidden in &spec.grants.hidden {
-                let bound = std::iter::once(spec.agent_dir)
-                    .chain(spec.read_only.iter().map(PathBuf::as_path))
-                    .any(|d| hidden.starts_with(d));
-                if bound {
+                if hidden.is_dir() {
                     cmd.arg("--tmpfs").arg(hidden);
+                } else if hidden.exists() {
+                    cmd.arg("--ro-bind").arg("/dev/null").arg(hidden);
                 }
+            }
+            if spec
+                .grants
+                .hidden
+                .iter()
+                .any(|h| spec.agent_dir.starts_with(h))
+            {
+                cmd.args(["--ro-bind", &agent_dir, &agent_dir]);
             }
             cmd.arg("--bind").arg(workspace).arg("/workspace");
             cmd.args(["--chdir", "/workspace", "--"]);
