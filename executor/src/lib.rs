@@ -123,19 +123,22 @@ fn real(p: impl AsRef<std::path::Path>) -> std::io::Result<PathBuf> {
 }
 
 /// What no agent may see: the data directory (databases, the gateway's
-/// signing key, other tasks' workspaces), the mesh's keys and CA, and the
+/// signing key), task workspaces, the mesh's keys and CA, and the
 /// operator's secret files.
 fn hidden_paths(config: &devcycle::config::Config) -> std::io::Result<Vec<PathBuf>> {
     let g = &config.gateway;
+    let e = &config.executor;
     [config.data_dir.clone(), config.tls_dir()]
         .into_iter()
+        // Other tasks' workspaces; each task sees its own at /workspace.
+        .chain((!e.work_dir.is_empty()).then(|| PathBuf::from(&e.work_dir)))
         .chain(
             [&g.ca_dir, &g.signing_key]
                 .into_iter()
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
         )
-        .chain(config.executor.secret_files.iter().map(PathBuf::from))
+        .chain(e.secret_files.iter().map(PathBuf::from))
         .map(real)
         .collect()
 }
@@ -259,4 +262,32 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let opts = Options::from_config(config, listener, &shutdown).await?;
     let running = start(opts, shutdown).await?;
     running.task.await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_paths_cover_data_keys_workspaces_and_secrets_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(real_dir.join("token"), "t").unwrap();
+        std::os::unix::fs::symlink(real_dir.join("token"), real_dir.join("link")).unwrap();
+        let mut config = devcycle::config::Config {
+            data_dir: real_dir.join("data"),
+            ..Default::default()
+        };
+        config.executor.work_dir = real_dir.join("work").to_string_lossy().into_owned();
+        config.executor.secret_files = vec![real_dir.join("link").to_string_lossy().into_owned()];
+        let hidden = hidden_paths(&config).unwrap();
+        for want in [
+            real_dir.join("data"),
+            config.tls_dir(),
+            real_dir.join("work"),
+            real_dir.join("token"),
+        ] {
+            assert!(hidden.contains(&want), "{want:?} not in {hidden:?}");
+        }
+    }
 }
