@@ -515,14 +515,19 @@ async fn run_in(
     // Everything the agent started goes with it, grandchildren included.
     kill_tree();
     let _ = child.wait().await;
-    let out_bytes = match out_bytes {
-        Some(b) => b,
+    let (out_bytes, overflow) = match out_bytes {
+        Some(b) => (b, false),
         None => tokio::time::timeout(Duration::from_secs(2), output)
             .await
             .ok()
             .and_then(Result::ok)
-            .map(|(b, _)| b)
             .unwrap_or_default(),
+    };
+    // The reader stopping at the limit closes the pipe, so the agent may
+    // die of SIGPIPE before the overflow is seen: the overflow wins.
+    let end = match end {
+        End::Exited(_) if overflow => End::OutputLimit,
+        end => end,
     };
     let last_err = tokio::time::timeout(Duration::from_secs(2), errors)
         .await
