@@ -97,6 +97,29 @@ pub fn max_items(field: &str, len: usize, max: usize) -> Result {
 
 /// A user name: 1-64 characters of `[a-z0-9._-]` (it becomes the last
 /// segment of `spiffe://<td>/user/<name>`).
+/// Variables that change how the dynamic loader and libc behave — glibc's
+/// own list of what it ignores for setuid programs, and every `LD_*`. An
+/// agent's environment is also that of the executor's host-side wrapper,
+/// outside the sandbox, so these would run code there: agents never set
+/// them (refused at publish by the registry, and at run by the executor).
+pub fn is_loader_variable(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+    ];
+    name.starts_with("LD_") || NAMES.contains(&name)
+}
+
 pub fn user_name(field: &str, value: &str) -> Result {
     token(field, value, 64, b"._")
 }

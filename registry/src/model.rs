@@ -417,6 +417,12 @@ fn runtime_from_pb(r: Option<pb::Runtime>) -> Result<Runtime, FieldError> {
                         "is not an environment variable name",
                     ));
                 }
+                if validate::is_loader_variable(k) {
+                    return Err(FieldError::new(
+                        format!("version.runtime.process.env[{k}]"),
+                        "changes how programs are loaded; agents may not set it",
+                    ));
+                }
             }
             Runtime::Process {
                 command: p.command,

@@ -204,6 +204,19 @@ async fn bad_input_gets_precise_statuses() {
         Code::InvalidArgument,
         "version.runtime",
     );
+    let mut preload = version("rev", "1.0.0", &[]);
+    preload.version.as_mut().unwrap().runtime = Some(pb::Runtime {
+        kind: Some(pb::runtime::Kind::Process(pb::ProcessRuntime {
+            command: "/bin/true".into(),
+            env: [("LD_PRELOAD".to_owned(), "/tmp/x.so".to_owned())].into(),
+            ..Default::default()
+        })),
+    });
+    expect_err(
+        c.publish_version(preload).await,
+        Code::InvalidArgument,
+        "version.runtime.process.env[LD_PRELOAD]",
+    );
     // Beyond the transport limit: refused before decoding.
     let mut giant = version("rev", "1.0.0", &[]);
     giant.version.as_mut().unwrap().description = "x".repeat(2 * 1024 * 1024);

@@ -148,33 +148,10 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Variables that change how the dynamic loader and libc behave — glibc's
-/// own list of what it ignores for setuid programs. The agent's environment
-/// is also the environment of the host-side wrapper and bubblewrap, outside
-/// the sandbox, so these would run code there.
-const LOADER_VARS: &[&str] = &[
-    "GCONV_PATH",
-    "GETCONF_DIR",
-    "GLIBC_TUNABLES",
-    "HOSTALIASES",
-    "LOCALDOMAIN",
-    "LOCPATH",
-    "MALLOC_TRACE",
-    "NIS_PATH",
-    "NLSPATH",
-    "RESOLV_HOST_CONF",
-    "RES_OPTIONS",
-    "TZDIR",
-];
-
-fn loader_var(name: &str) -> bool {
-    name.starts_with("LD_") || LOADER_VARS.contains(&name)
-}
-
 /// `${env:NAME}` in an agent's environment takes the executor's variable,
 /// if the operator shares it with agents.
 fn expand_env(key: &str, v: &str, grants: &Grants) -> Result<String, Failure> {
-    if loader_var(key) {
+    if devcycle::validate::is_loader_variable(key) {
         return Err(Failure::permanent(
             kinds::SANDBOX,
             format!(
