@@ -13,6 +13,9 @@ use tonic::body::Body;
 use crate::identity::SpiffeId;
 use crate::tls::MeshConnectInfo;
 
+mod role;
+pub use role::{Role, Roles};
+
 /// Metadata the gateway sets for the end user it verified.
 pub const SUBJECT_HEADER: &str = "x-devcycle-subject";
 pub const ROLES_HEADER: &str = "x-devcycle-roles";
@@ -23,7 +26,7 @@ const PRINCIPAL_HEADERS: [&str; 3] = [SUBJECT_HEADER, ROLES_HEADER, SESSION_HEAD
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
-    pub roles: Vec<String>,
+    pub roles: Roles,
     pub session: String,
 }
 
@@ -242,12 +245,7 @@ fn principal_from(headers: &HeaderMap) -> Result<Option<Principal>, tonic::Statu
         return Ok(None);
     };
     let roles = get(ROLES_HEADER)?
-        .map(|r| {
-            r.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|r| Roles::parse_list(&r))
         .unwrap_or_default();
     Ok(Some(Principal {
         subject,

@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::authz::Role;
 use crate::identity::{SpiffeId, valid_trust_domain};
 use crate::telemetry::LogFormat;
 use crate::tls::IdentityFiles;
@@ -236,9 +237,6 @@ pub struct ExternalIssuerConfig {
     /// issuer's own role names are never taken as-is.
     pub role_map: std::collections::BTreeMap<String, Vec<String>>,
 }
-
-/// Roles an external issuer's users may be mapped to.
-const ROLES: [&str; 4] = ["admin", "maintainer", "developer", "viewer"];
 
 /// `https://`, or `http://` to a loopback host (an issuer on the same
 /// machine): keys fetched any other way can be replaced on the way.
@@ -560,12 +558,15 @@ impl GatewayConfig {
                 ));
             }
             for (value, roles) in &e.role_map {
-                if let Some(r) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                if let Some(r) = roles
+                    .iter()
+                    .find(|r| !Role::HUMAN.iter().any(|h| h.as_str() == r.as_str()))
+                {
                     return Err(invalid(
                         "gateway.external_issuers",
                         format!(
                             "entry {i}: role_map[{value:?}] names {r:?}; roles are {}",
-                            ROLES.join(", ")
+                            Role::HUMAN.map(Role::as_str).join(", ")
                         ),
                     ));
                 }

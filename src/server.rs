@@ -2,6 +2,7 @@
 //! reflection, and graceful shutdown in a fixed order — cancellation, health
 //! NOT_SERVING, stop accepting, drain in-flight calls until a deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,60 @@ pub struct MeshServer {
     pub denylist: Option<Arc<crate::denylist::Denylist>>,
 }
 
+/// A service that is accepting connections at `addr`; `task` ends after
+/// shutdown and the drain. `extra` is what a service hands back besides
+/// (the gateway's bootstrap token, the executor's worker state).
+pub struct Running<T = ()> {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub extra: T,
+}
+
+impl<T> Running<T> {
+    /// Waits until the service has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
 impl MeshServer {
+    /// A server reporting `health_name` as serving, with reflection, no
+    /// health grace, a one-second drain and no denylist.
+    pub fn new(
+        name: &'static str,
+        listener: TcpListener,
+        tls: Arc<MeshTls>,
+        policy: Policy,
+        gateway: SpiffeId,
+        health_name: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            listener,
+            tls,
+            policy,
+            gateway,
+            health_names: vec![health_name],
+            health_grace: Duration::ZERO,
+            drain: Duration::from_secs(1),
+            reflection: true,
+            denylist: None,
+        }
+    }
+
+    /// Health reports NOT_SERVING for `grace` before the listener closes;
+    /// in-flight calls then get `drain`.
+    pub fn shutdown_after(mut self, grace: Duration, drain: Duration) -> Self {
+        self.health_grace = grace;
+        self.drain = drain;
+        self
+    }
+
+    pub fn denylist(mut self, denylist: Arc<crate::denylist::Denylist>) -> Self {
+        self.denylist = Some(denylist);
+        self
+    }
+
     /// Serves `routes` until `shutdown` is cancelled and the drain ends.
     pub async fn serve(self, routes: Routes, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health, health_svc) = tonic_health::server::health_reporter();

@@ -85,3 +85,52 @@ pub fn fresh_sqlite() -> (tempfile::TempDir, String) {
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     (dir, url)
 }
+
+/// Asserts the status code and that the message names `field`.
+#[track_caller]
+pub fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: tonic::Code, field: &str) {
+    match r {
+        Err(s) => {
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(
+                s.message().contains(field),
+                "message {:?} should name {field}",
+                s.message()
+            );
+        }
+        Ok(v) => panic!("expected {code:?}, got {v:?}"),
+    }
+}
+
+/// One suite, every implementation: a module per backend with a
+/// `#[tokio::test]` per test. Each backend's block builds a fresh fixture
+/// and passes it to `$run`, the test function (items of the calling module
+/// are in scope):
+///
+/// ```ignore
+/// devcycle::conformance! {
+///     tests: [puts_and_gets, expires],
+///     memory(run) => { run(Arc::new(MemoryCache::default())).await },
+///     redis(run) => { run(redis().await).await },
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance {
+    (tests: $tests:tt, $($backend:ident($run:ident) => $setup:block),+ $(,)?) => {
+        $( $crate::conformance!(@backend $backend $run $setup $tests); )+
+    };
+    (@backend $backend:ident $run:ident $setup:block [$($name:ident),* $(,)?]) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                #[allow(unused_braces)]
+                async fn $name() {
+                    let $run = super::$name;
+                    $setup
+                }
+            )*
+        }
+    };
+}

@@ -60,6 +60,11 @@ pub fn timestamp(
     }
 }
 
+/// A message field that must be set.
+pub fn present<T>(field: &str, v: Option<T>) -> std::result::Result<T, FieldError> {
+    v.ok_or_else(|| FieldError::new(field, "is required"))
+}
+
 pub fn required(field: &str, value: &str) -> Result {
     if value.is_empty() {
         Err(FieldError::new(field, "is required"))

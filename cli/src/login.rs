@@ -5,6 +5,7 @@ use std::io::BufRead;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use devcycle::authz::Role;
 use devcycle::config::Config;
 use devcycle::proto::auth::v1 as pb;
 use serde_json::json;
@@ -80,20 +81,13 @@ fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
 }
 
 fn role(name: &str) -> anyhow::Result<i32> {
-    Ok(match name {
-        "admin" => pb::Role::Admin,
-        "maintainer" => pb::Role::Maintainer,
-        "developer" => pb::Role::Developer,
-        "viewer" => pb::Role::Viewer,
-        "worker" => pb::Role::Worker,
-        _ => anyhow::bail!("unknown role {name:?}: admin, maintainer, developer, viewer or worker"),
-    } as i32)
+    Role::parse(name).map(Role::to_proto).ok_or_else(|| {
+        anyhow::anyhow!("unknown role {name:?}: admin, maintainer, developer, viewer or worker")
+    })
 }
 
 fn role_name(r: i32) -> String {
-    pb::Role::try_from(r)
-        .map(|r| r.as_str_name().trim_start_matches("ROLE_").to_lowercase())
-        .unwrap_or_else(|_| r.to_string())
+    Role::from_proto(r).map_or_else(|| r.to_string(), |r| r.as_str().to_owned())
 }
 
 pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {

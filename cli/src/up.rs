@@ -160,7 +160,7 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
     if !config.metrics.listen.is_empty() {
         println!("  metrics    http://{}/metrics", config.metrics.listen);
     }
-    match &gateway.bootstrap_token {
+    match &gateway.extra {
         Some(token) => println!(
             "  first admin: devcycle login --username admin --bootstrap {token}\n             (this token works once; it makes the first admin with the password you choose)"
         ),

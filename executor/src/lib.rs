@@ -7,7 +7,6 @@ pub mod runtime;
 mod service;
 pub mod worker;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,11 +142,8 @@ fn hidden_paths(config: &devcycle::config::Config) -> std::io::Result<Vec<PathBu
         .collect()
 }
 
-pub struct Running {
-    pub addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    pub state: Arc<worker::State>,
-}
+/// A running executor; `extra` is its worker state.
+pub type Running = devcycle::server::Running<Arc<worker::State>>;
 
 /// Starts the worker and its control plane. On `shutdown` it drains: no new
 /// work, running tasks get `drain` to finish, then are stopped and reported
@@ -229,19 +225,16 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         });
     }
     let server_stop = CancellationToken::new();
-    let server = MeshServer {
-        // No mesh database here: user certificates are short-lived.
-        denylist: None,
-        name: "executor",
-        listener: opts.listener,
-        tls: opts.tls,
-        policy: policy(),
-        gateway: opts.gateway,
-        health_names: vec![SERVICE_NAME],
-        health_grace: Duration::ZERO,
-        drain: Duration::from_secs(1),
-        reflection: true,
-    };
+    // No denylist: no mesh database here, and user certificates are
+    // short-lived.
+    let server = MeshServer::new(
+        "executor",
+        opts.listener,
+        opts.tls,
+        policy(),
+        opts.gateway,
+        SERVICE_NAME,
+    );
     let routes = tonic::service::Routes::new(ExecutorServer::new(service::ExecutorService {
         state: Arc::clone(&state),
         caps,
@@ -254,14 +247,17 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         server_stop.cancel();
         serving.await?
     });
-    Ok(Running { addr, task, state })
+    Ok(Running {
+        addr,
+        task,
+        extra: state,
+    })
 }
 
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.executor.listen).await?;
     let opts = Options::from_config(config, listener, &shutdown).await?;
-    let running = start(opts, shutdown).await?;
-    running.task.await?
+    start(opts, shutdown).await?.wait().await
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ const MAX_QUEUED_LOGS: usize = 1024;
 const MIN_BEAT: Duration = Duration::from_millis(50);
 
 /// A task this worker is running.
-pub struct Running {
+pub struct ActiveTask {
     pub lease: pb::LeaseRef,
     pub run_id: String,
     pub agent: String,
@@ -72,7 +72,7 @@ pub struct State {
     pub worker_id: String,
     pub slots: u32,
     pub agents: Vec<String>,
-    pub running: Mutex<HashMap<String, Arc<Running>>>,
+    pub running: Mutex<HashMap<String, Arc<ActiveTask>>>,
     link: Mutex<Link>,
     pub draining: AtomicBool,
     pub connected: AtomicBool,
@@ -361,7 +361,7 @@ impl Worker {
         let (sink, mut lines) = LogSink::new();
         let cancel = CancellationToken::new();
         let (logs_tx, _) = broadcast::channel(1024);
-        let running = Arc::new(Running {
+        let running = Arc::new(ActiveTask {
             lease: lease.clone(),
             run_id: a.run_id.clone(),
             agent: agent.agent.clone(),
@@ -511,7 +511,7 @@ pub async fn drain(state: &Arc<State>, deadline: Duration) -> u32 {
     while state.in_flight() > 0 && Instant::now() < until {
         let _ = tokio::time::timeout(Duration::from_millis(100), state.idle.notified()).await;
     }
-    let left: Vec<Arc<Running>> = state.running.lock().values().cloned().collect();
+    let left: Vec<Arc<ActiveTask>> = state.running.lock().values().cloned().collect();
     for r in &left {
         tracing::warn!(task_id = %r.lease.task_id, "drain deadline passed; stopping the task");
         r.drained.store(true, Ordering::Relaxed);
@@ -591,7 +591,7 @@ mod tests {
         let st = State::new("w".into(), 2, vec![]);
         assert_eq!(st.beat(Duration::from_secs(5)), Duration::from_secs(5));
         let running = |ms| {
-            Arc::new(Running {
+            Arc::new(ActiveTask {
                 lease: pb::LeaseRef::default(),
                 run_id: String::new(),
                 agent: String::new(),

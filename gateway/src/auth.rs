@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use devcycle::authz::{Role, Roles};
 use devcycle::identity::{Kind, SpiffeId};
 use devcycle::proto::auth::v1 as pb;
 use devcycle::time::{now_ms, to_timestamp};
@@ -42,50 +43,28 @@ pub struct AuthService {
     pub bootstrap: Mutex<Option<String>>,
 }
 
-fn role_name(r: i32) -> Result<&'static str, ()> {
-    match pb::Role::try_from(r) {
-        Ok(pb::Role::Admin) => Ok("admin"),
-        Ok(pb::Role::Maintainer) => Ok("maintainer"),
-        Ok(pb::Role::Developer) => Ok("developer"),
-        Ok(pb::Role::Viewer) => Ok("viewer"),
-        Ok(pb::Role::Worker) => Ok("worker"),
-        _ => Err(()),
-    }
-}
-
-pub fn role_value(name: &str) -> i32 {
-    match name {
-        "admin" => pb::Role::Admin as i32,
-        "maintainer" => pb::Role::Maintainer as i32,
-        "developer" => pb::Role::Developer as i32,
-        "viewer" => pb::Role::Viewer as i32,
-        "worker" => pb::Role::Worker as i32,
-        _ => pb::Role::Unspecified as i32,
-    }
-}
-
-fn roles_of(field: &str, roles: &[i32]) -> Result<Vec<String>, Status> {
+/// The roles of a request, in order, without duplicates; at least one.
+fn roles_of(field: &str, roles: &[i32]) -> Result<Roles, Status> {
     if roles.is_empty() {
         return Err(invalid(FieldError::new(
             field,
             "at least one role is required",
         )));
     }
-    let mut out = Vec::new();
-    for (i, r) in roles.iter().enumerate() {
-        let name = role_name(*r)
-            .map_err(|_| invalid(FieldError::new(format!("{field}[{i}]"), "not a role")))?;
-        if !out.iter().any(|o: &String| o == name) {
-            out.push(name.to_owned());
-        }
-    }
-    Ok(out)
+    roles
+        .iter()
+        .enumerate()
+        .try_fold(Roles::NONE, |set, (i, r)| {
+            Role::from_proto(*r)
+                .map(|r| set.or(r.into()))
+                .ok_or_else(|| invalid(FieldError::new(format!("{field}[{i}]"), "not a role")))
+        })
 }
 
 fn user_pb(u: &UserRow) -> pb::User {
     pb::User {
         name: u.name.clone(),
-        roles: u.roles.iter().map(|r| role_value(r)).collect(),
+        roles: u.roles.iter().map(Role::to_proto).collect(),
         totp_enabled: u.totp_secret.is_some(),
         create_time: Some(to_timestamp(u.create_ms)),
     }
@@ -145,7 +124,7 @@ impl AuthService {
         &self,
         name: String,
         password: String,
-        roles: Vec<String>,
+        roles: Roles,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let row = UserRow {
             name: name.clone(),
@@ -231,7 +210,7 @@ impl AuthService {
             .put_session(&record, life.idle_s * 1000)
             .await
             .map_err(errors::session_store)?;
-        let access = self.minter.access(&user.name, &user.roles, &id, now);
+        let access = self.minter.access(&user.name, user.roles, &id, now);
         Ok(pb::LoginResponse {
             access_token: access.token,
             refresh_token: refresh.token,
@@ -344,7 +323,7 @@ impl pb::auth_server::Auth for AuthService {
         }
         let access = self
             .minter
-            .access(&user.name, &user.roles, &claims.session, now);
+            .access(&user.name, user.roles, &claims.session, now);
         Ok(Response::new(pb::RefreshResponse {
             access_token: access.token,
             refresh_token: next.token,
@@ -379,7 +358,7 @@ impl pb::auth_server::Auth for AuthService {
         let c = caller(&req)?;
         Ok(Response::new(pb::WhoAmIResponse {
             subject: c.subject.clone(),
-            roles: c.roles.iter().map(|r| role_value(r)).collect(),
+            roles: Roles::of(&c.roles).iter().map(Role::to_proto).collect(),
             session_id: c.session.clone(),
             spiffe_id: String::new(),
             expire_time: Some(to_timestamp(c.exp * 1000)),
@@ -424,7 +403,8 @@ impl pb::auth_server::Auth for AuthService {
             .await
             .map_err(errors::session_store)?;
         // Another user's session is reported as absent, not as forbidden.
-        let mine = s.is_some_and(|s| s.user == c.subject || c.roles.iter().any(|r| r == "admin"));
+        let mine =
+            s.is_some_and(|s| s.user == c.subject || Roles::of(&c.roles).contains(Role::Admin));
         if !mine {
             return Err(Status::not_found(format!("session_id: no session {id:?}")));
         }
@@ -594,7 +574,7 @@ impl pb::auth_server::Auth for AuthService {
                 None
             };
             let trusted = stored
-                .is_some_and(|u| u.roles.iter().any(|r| r == "admin" || r == "maintainer"));
+                .is_some_and(|u| u.roles.intersects(Roles::ADMIN.or(Roles::MAINTAINER)));
             if !trusted {
                 return Err(Status::permission_denied(
                     "user certificates are for local admins and maintainers; other roles use the gateway",
@@ -673,7 +653,7 @@ impl pb::auth_server::Auth for AuthService {
         // this one fails.
         let mut taken = None;
         if let Some(BootstrapCredential(presented)) = bootstrap {
-            if !roles.iter().any(|r| r == "admin") {
+            if !roles.contains(Role::Admin) {
                 return Err(invalid(FieldError::new(
                     "roles",
                     "the first user must be an admin",
@@ -732,7 +712,7 @@ impl pb::auth_server::Auth for AuthService {
         validate::user_name("name", &r.name).map_err(invalid)?;
         let roles = roles_of("roles", &r.roles)?;
         let before = self.store.user(&r.name).await?;
-        if !self.store.set_roles(&r.name, &roles).await? {
+        if !self.store.set_roles(&r.name, roles).await? {
             return Err(Status::not_found(format!("name: no user {:?}", r.name)));
         }
         // Fewer roles: what was granted under the old ones ends — sessions

@@ -20,7 +20,6 @@ pub mod tokens;
 pub mod totp;
 pub mod verified;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,13 +80,10 @@ pub struct Options {
     pub drain: Duration,
 }
 
-pub struct Running {
-    pub addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// Set when there are no users and no admin password: creates the
-    /// first admin once (`devcycle login --bootstrap`).
-    pub bootstrap_token: Option<String>,
-}
+/// A running gateway; `extra` is the bootstrap token, set when there are
+/// no users and no admin password: it creates the first admin once
+/// (`devcycle login --bootstrap`).
+pub type Running = devcycle::server::Running<Option<String>>;
 
 pub fn rate(per_second: f64, burst: u32) -> Rate {
     Rate {
@@ -233,7 +229,7 @@ async fn bootstrap(
     let row = UserRow {
         name: "admin".into(),
         password_hash: password::hash(password).await?,
-        roles: vec!["admin".into()],
+        roles: devcycle::authz::Roles::ADMIN,
         totp_secret: None,
         totp_pending: None,
         create_ms: devcycle::time::now_ms(),
@@ -368,7 +364,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     Ok(Running {
         addr,
         task,
-        bootstrap_token,
+        extra: bootstrap_token,
     })
 }
 
@@ -384,10 +380,10 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     };
     let opts = Options::from_config(config, listener, bus, &shutdown).await?;
     let running = start(opts, shutdown).await?;
-    if let Some(token) = &running.bootstrap_token {
+    if let Some(token) = &running.extra {
         eprintln!(
             "no users yet: create the first admin with `devcycle login --username admin --bootstrap {token}`"
         );
     }
-    running.task.await?
+    running.wait().await
 }

@@ -10,55 +10,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-/// A set of roles as bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Roles(u8);
-
-impl Roles {
-    pub const NONE: Roles = Roles(0);
-    pub const ADMIN: Roles = Roles(1);
-    pub const MAINTAINER: Roles = Roles(2);
-    pub const DEVELOPER: Roles = Roles(4);
-    pub const VIEWER: Roles = Roles(8);
-    pub const WORKER: Roles = Roles(16);
-
-    pub const fn or(self, o: Roles) -> Roles {
-        Roles(self.0 | o.0)
-    }
-    pub fn intersects(self, o: Roles) -> bool {
-        self.0 & o.0 != 0
-    }
-
-    pub fn parse(name: &str) -> Option<Roles> {
-        Some(match name {
-            "admin" => Roles::ADMIN,
-            "maintainer" => Roles::MAINTAINER,
-            "developer" => Roles::DEVELOPER,
-            "viewer" => Roles::VIEWER,
-            "worker" => Roles::WORKER,
-            _ => return None,
-        })
-    }
-
-    /// The names of the roles in this set.
-    pub fn names(self) -> Vec<&'static str> {
-        ALL_ROLE_NAMES
-            .iter()
-            .filter(|n| Roles::parse(n).is_some_and(|r| self.intersects(r)))
-            .copied()
-            .collect()
-    }
-
-    /// The set of known role names in `names`; unknown names grant nothing.
-    pub fn of<S: AsRef<str>>(names: &[S]) -> Roles {
-        names
-            .iter()
-            .filter_map(|n| Roles::parse(n.as_ref()))
-            .fold(Roles::NONE, Roles::or)
-    }
-}
-
-pub const ALL_ROLE_NAMES: [&str; 5] = ["admin", "maintainer", "developer", "viewer", "worker"];
+pub use devcycle::authz::Roles;
 
 const MAINT: Roles = Roles::ADMIN.or(Roles::MAINTAINER);
 const DEV: Roles = MAINT.or(Roles::DEVELOPER);

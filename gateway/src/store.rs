@@ -2,6 +2,7 @@
 //! One statement text serves both engines (`$n` placeholders); [`on_db!`]
 //! expands each call for the pool at hand.
 
+use devcycle::authz::Roles;
 use devcycle::db::{Database, Failure, classify};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct UserRow {
     pub name: String,
     pub password_hash: String,
-    pub roles: Vec<String>,
+    pub roles: Roles,
     pub totp_secret: Option<String>,
     pub totp_pending: Option<String>,
     pub create_ms: i64,
@@ -83,18 +84,11 @@ fn user_of(r: UserTuple) -> UserRow {
     UserRow {
         name: r.0,
         password_hash: r.1,
-        roles: split_roles(&r.2),
+        roles: Roles::parse_list(&r.2),
         totp_secret: r.3,
         totp_pending: r.4,
         create_ms: r.5,
     }
-}
-
-fn split_roles(s: &str) -> Vec<String> {
-    s.split(',')
-        .filter(|r| !r.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 #[derive(Clone)]
@@ -153,7 +147,7 @@ impl Store {
         on_db!(&self.db, |p| sqlx::query(sql)
             .bind(&u.name)
             .bind(&u.password_hash)
-            .bind(u.roles.join(","))
+            .bind(u.roles.to_list())
             .bind(u.create_ms)
             .execute(p)
             .await
@@ -196,8 +190,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    pub async fn set_roles(&self, name: &str, roles: &[String]) -> Result<bool> {
-        let joined = roles.join(",");
+    pub async fn set_roles(&self, name: &str, roles: Roles) -> Result<bool> {
+        let joined = roles.to_list();
         self.change(
             "UPDATE gw_users SET roles = $2 WHERE name = $1",
             name,

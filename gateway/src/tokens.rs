@@ -9,6 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 
+use devcycle::authz::Roles;
+
 use crate::jwt::{ACCESS_TYP, REFRESH_TYP, Signer};
 
 /// Lifetimes, seconds.
@@ -55,11 +57,11 @@ pub fn digest(secret: &str) -> String {
 }
 
 impl Minter {
-    pub fn access(&self, subject: &str, roles: &[String], session: &str, now: i64) -> Minted {
+    pub fn access(&self, subject: &str, roles: Roles, session: &str, now: i64) -> Minted {
         let jti = random_id();
         let exp = now + self.life.access_s;
         let claims = json!({
-            "iss": self.issuer, "aud": self.audience, "sub": subject, "roles": roles,
+            "iss": self.issuer, "aud": self.audience, "sub": subject, "roles": roles.names(),
             "sid": session, "jti": jti, "iat": now, "nbf": now, "exp": exp,
         });
         Minted {

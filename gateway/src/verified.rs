@@ -35,7 +35,7 @@ impl Verified {
         let roles = Roles::of(&claims.roles);
         // Only the names of roles the gateway recognised travel on, so a
         // claim like "viewer,admin" cannot turn into two roles downstream.
-        let names = roles.names().join(",");
+        let names = roles.to_list();
         let mut headers = Vec::with_capacity(3);
         for (k, v) in [
             (devcycle::authz::SUBJECT_HEADER, claims.subject.clone()),

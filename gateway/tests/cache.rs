@@ -141,21 +141,13 @@ async fn gcra_allows_the_burst_then_spaces_requests(c: Arc<dyn Cache>) {
     }
 }
 
-macro_rules! conformance {
-    ($($name:ident),*) => {
-        mod memory {
-            use super::*;
-            $(#[tokio::test] async fn $name() { super::$name(Arc::new(MemoryCache::default())).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::redis().await).await })*
-        }
-    };
-}
-
-conformance!(
+devcycle::conformance! {
+    tests: [
     sessions_rotate_and_detect_reuse,
     idle_sessions_end,
     revocations_last_until_they_expire,
     gcra_allows_the_burst_then_spaces_requests
-);
+    ],
+    memory(run) => { run(Arc::new(MemoryCache::default())).await },
+    redis(run) => { run(redis().await).await },
+}

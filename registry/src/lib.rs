@@ -9,7 +9,6 @@ mod service;
 pub mod store;
 mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use devcycle::db::Database;
 use devcycle::identity::SpiffeId;
 use devcycle::proto::registry::v1::agent_registry_server::{AgentRegistryServer, SERVICE_NAME};
 use devcycle::server::MeshServer;
+pub use devcycle::server::Running;
 use devcycle::tls::MeshTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -100,12 +100,6 @@ impl Options {
     }
 }
 
-/// A registry that is accepting connections.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
 /// Starts serving; the returned task ends after `shutdown` and the drain.
 pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let addr = opts.listener.local_addr()?;
@@ -125,18 +119,16 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         AgentRegistryServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
     let denylist = devcycle::denylist::Denylist::follow(opts.db.clone(), shutdown.clone()).await?;
-    let server = MeshServer {
-        denylist: Some(denylist),
-        name: "registry",
-        listener: opts.listener,
-        tls: opts.tls,
-        policy: policy(),
-        gateway: opts.gateway,
-        health_names: vec![SERVICE_NAME],
-        health_grace: opts.health_grace,
-        drain: opts.drain,
-        reflection: true,
-    };
+    let server = MeshServer::new(
+        "registry",
+        opts.listener,
+        opts.tls,
+        policy(),
+        opts.gateway,
+        SERVICE_NAME,
+    )
+    .shutdown_after(opts.health_grace, opts.drain)
+    .denylist(denylist);
     let db = opts.db;
     let task = tokio::spawn(async move {
         let res = server.serve(routes, shutdown).await;
@@ -144,13 +136,16 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         db.close().await;
         res
     });
-    Ok(Running { addr, task })
+    Ok(Running {
+        addr,
+        task,
+        extra: (),
+    })
 }
 
 /// Serves the registry as configured until `shutdown`.
 pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.registry.listen).await?;
     let opts = Options::from_config(config, listener, &shutdown).await?;
-    let running = start(opts, shutdown).await?;
-    running.task.await?
+    start(opts, shutdown).await?.wait().await
 }

@@ -25,12 +25,9 @@ pub struct Registry {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// Answers with this service's error mapped by its `From<Error> for Status`.
 fn respond<T>(r: Result<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
-}
-
-fn required<T>(field: &str, v: Option<T>) -> Result<T> {
-    v.ok_or_else(|| FieldError::new(field, "is required").into())
 }
 
 fn not_found(what: String) -> Error {
@@ -232,7 +229,7 @@ impl AgentRegistry for Registry {
         let actor = Caller::of(&req)?.actor();
         respond(
             async {
-                let a = required("agent", req.into_inner().agent)?;
+                let a = validate::present("agent", req.into_inner().agent)?;
                 let fields = AgentFields::from_pb(a, "agent")?;
                 let agent = self.store.create_agent(&fields, &actor, now_ms()).await?;
                 Ok(pb::CreateAgentResponse {
@@ -290,8 +287,8 @@ impl AgentRegistry for Registry {
         respond(
             async {
                 let r = req.into_inner();
-                let a = required("agent", r.agent)?;
-                let mask = required("update_mask", r.update_mask)?;
+                let a = validate::present("agent", r.agent)?;
+                let mask = validate::present("update_mask", r.update_mask)?;
                 if mask.paths.is_empty() {
                     return Err(
                         FieldError::new("update_mask.paths", "name at least one field").into(),
@@ -357,7 +354,7 @@ impl AgentRegistry for Registry {
         let actor = Caller::of(&req)?.actor();
         respond(
             async {
-                let v = required("version", req.into_inner().version)?;
+                let v = validate::present("version", req.into_inner().version)?;
                 let (agent, version, spec) = version_from_pb(v)?;
                 let v = AgentVersion {
                     agent,
@@ -523,7 +520,10 @@ impl AgentRegistry for Registry {
         let caller = Caller::of(&req)?.clone();
         respond(
             async {
-                let w = worker_from_pb(required("worker", req.into_inner().worker)?, now_ms())?;
+                let w = worker_from_pb(
+                    validate::present("worker", req.into_inner().worker)?,
+                    now_ms(),
+                )?;
                 Self::own_worker(&caller, "worker.id", &w.id)?;
                 let w = self.store.register_worker(&w, &caller.actor()).await?;
                 Ok(pb::RegisterWorkerResponse {

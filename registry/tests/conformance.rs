@@ -12,31 +12,8 @@ use devcycle_registry::store::{NewDeployment, RegistryStore, open};
 
 type Store = Arc<dyn RegistryStore>;
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = devcycle::db::Database::open(&super::fresh_postgres().await).await.unwrap();
-                    super::$name(super::open(&db).await.unwrap(), &db).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let (_dir, url) = super::fresh_sqlite();
-                    let db = devcycle::db::Database::open(&url).await.unwrap();
-                    super::$name(super::open(&db).await.unwrap(), &db).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+devcycle::conformance! {
+    tests: [
     agents_crud,
     versions_are_immutable,
     deployments_compare_and_set,
@@ -44,8 +21,18 @@ conformance!(
     delete_refused_while_depended_on,
     worker_liveness,
     events_are_gapless_and_filterable,
-    concurrent_creates,
-);
+    concurrent_creates
+    ],
+    postgres(run) => {
+        let db = Database::open(&fresh_postgres().await).await.unwrap();
+        run(open(&db).await.unwrap(), &db).await
+    },
+    sqlite(run) => {
+        let (_dir, url) = fresh_sqlite();
+        let db = Database::open(&url).await.unwrap();
+        run(open(&db).await.unwrap(), &db).await
+    },
+}
 
 fn fields(name: &str, owner: &str, labels: &[(&str, &str)]) -> AgentFields {
     AgentFields {

@@ -1,6 +1,7 @@
 //! The registry over the wire, with mTLS: the whole contract, bad input with
 //! precise statuses, and authorization by SPIFFE ID.
 
+use devcycle::testkit::expect_err;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,22 +104,6 @@ fn version(agent: &str, v: &str, deps: &[(&str, &str)]) -> pb::PublishVersionReq
                 .collect(),
             ..Default::default()
         }),
-    }
-}
-
-/// Asserts the status code and that the message names `field`.
-#[track_caller]
-fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
-    match r {
-        Err(s) => {
-            assert_eq!(s.code(), code, "{s:?}");
-            assert!(
-                s.message().contains(field),
-                "message {:?} should name {field}",
-                s.message()
-            );
-        }
-        Ok(v) => panic!("expected {code:?}, got {v:?}"),
     }
 }
 

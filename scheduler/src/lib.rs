@@ -19,7 +19,6 @@ mod watch;
 mod wire;
 mod work;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use devcycle::identity::SpiffeId;
 use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
 use devcycle::proto::scheduler::v1::scheduler_server::{SERVICE_NAME, SchedulerServer};
 use devcycle::server::MeshServer;
+pub use devcycle::server::Running;
 use devcycle::tls::MeshTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -123,11 +123,6 @@ pub fn bus_from_config(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
     }
 }
 
-pub struct Running {
-    pub addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
 pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let addr = opts.listener.local_addr()?;
     let hub = hub::Hub::new();
@@ -197,18 +192,16 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         SchedulerServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
     let denylist = devcycle::denylist::Denylist::follow(opts.db.clone(), shutdown.clone()).await?;
-    let server = MeshServer {
-        denylist: Some(denylist),
-        name: "scheduler",
-        listener: opts.listener,
-        tls: opts.tls,
-        policy: policy(),
-        gateway: opts.gateway,
-        health_names: vec![SERVICE_NAME],
-        health_grace: opts.health_grace,
-        drain: opts.drain,
-        reflection: true,
-    };
+    let server = MeshServer::new(
+        "scheduler",
+        opts.listener,
+        opts.tls,
+        policy(),
+        opts.gateway,
+        SERVICE_NAME,
+    )
+    .shutdown_after(opts.health_grace, opts.drain)
+    .denylist(denylist);
     let db = opts.db;
     let task = tokio::spawn(async move {
         let res = server.serve(routes, shutdown).await;
@@ -223,7 +216,11 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         db.close().await;
         res
     });
-    Ok(Running { addr, task })
+    Ok(Running {
+        addr,
+        task,
+        extra: (),
+    })
 }
 
 impl Options {
@@ -236,6 +233,5 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let listener = TcpListener::bind(config.scheduler.listen).await?;
     let bus = bus_from_config(config)?;
     let opts = Options::from_config(config, listener, bus, &shutdown).await?;
-    let running = start(opts, shutdown).await?;
-    running.task.await?
+    start(opts, shutdown).await?.wait().await
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use devcycle::authz::Caller;
+use devcycle::authz::{Caller, Role, Roles};
 use devcycle::page;
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
@@ -33,12 +33,9 @@ pub struct SchedulerService {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// Answers with this service's error mapped by its `From<Error> for Status`.
 fn respond<T>(r: Result<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
-}
-
-fn required<T>(field: &str, v: Option<T>) -> Result<T> {
-    v.ok_or_else(|| FieldError::new(field, "is required").into())
 }
 
 fn check_id(field: &str, id: &str) -> Result<()> {
@@ -319,10 +316,9 @@ fn scopes(caller: &Caller) -> Scopes {
             write: None,
         };
     };
-    let has = |names: &[&str]| p.roles.iter().any(|r| names.contains(&r.as_str()));
-    let manage = has(&["admin", "maintainer"]);
+    let manage = p.roles.intersects(Roles::ADMIN.or(Roles::MAINTAINER));
     Scopes {
-        read: (!manage && !has(&["viewer"])).then(|| caller.actor()),
+        read: (!manage && !p.roles.contains(Role::Viewer)).then(|| caller.actor()),
         write: (!manage).then(|| caller.actor()),
     }
 }
@@ -386,7 +382,7 @@ impl Scheduler for SchedulerService {
         let caller = Caller::of(&req)?.clone();
         respond(
             async {
-                let spec = required("spec", req.into_inner().spec)?;
+                let spec = validate::present("spec", req.into_inner().spec)?;
                 spec::check_spec(&spec, "spec")?;
                 let any_owner = scopes(&caller).write.is_none();
                 let w = self
@@ -489,7 +485,7 @@ impl Scheduler for SchedulerService {
         respond(
             async {
                 let r = req.into_inner();
-                let mut task = required("task", r.task)?;
+                let mut task = validate::present("task", r.task)?;
                 if task.id.is_empty() {
                     task.id = "task".into();
                 }

@@ -10,30 +10,8 @@ use devcycle_scheduler::machine::Reject;
 use devcycle_scheduler::model::*;
 use devcycle_scheduler::store::{Batch, Op, OpResult};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let (store, _pool) = super::common::postgres().await;
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let (store, _dir) = super::common::sqlite().await;
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+devcycle::conformance! {
+    tests: [
     sync_match_and_events,
     idempotent_submit_under_concurrent_callers,
     priority_then_age,
@@ -51,8 +29,17 @@ conformance!(
     schedule_to_start_is_per_attempt,
     retry_revives_only_what_can_finish,
     unheld_leases_return_or_fail,
-    a_lease_is_trusted_only_from_its_worker,
-);
+    a_lease_is_trusted_only_from_its_worker
+    ],
+    postgres(run) => {
+        let (store, _pool) = common::postgres().await;
+        run(store).await
+    },
+    sqlite(run) => {
+        let (store, _dir) = common::sqlite().await;
+        run(store).await
+    },
+}
 
 const T0: i64 = 1_700_000_000_000;
 

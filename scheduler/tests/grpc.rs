@@ -2,6 +2,7 @@
 
 mod common;
 
+use devcycle::testkit::expect_err;
 use std::time::Duration;
 
 use common::mesh::{Db, Mesh};
@@ -36,21 +37,6 @@ fn inline(tasks: Vec<pb::TaskSpec>) -> pb::SubmitRunRequest {
             ..Default::default()
         })),
         ..Default::default()
-    }
-}
-
-#[track_caller]
-fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
-    match r {
-        Err(s) => {
-            assert_eq!(s.code(), code, "{s:?}");
-            assert!(
-                s.message().contains(field),
-                "message {:?} should name {field}",
-                s.message()
-            );
-        }
-        Ok(v) => panic!("expected {code:?}, got {v:?}"),
     }
 }
 

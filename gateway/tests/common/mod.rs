@@ -129,7 +129,7 @@ pub async fn start_on(s: Setup, dir: Option<tempfile::TempDir>, addr: &str) -> G
         addr: running.addr,
         ca_pem: s.ca.cert_pem().to_owned(),
         signer: s.signer,
-        bootstrap: running.bootstrap_token,
+        bootstrap: running.extra,
         bus: s.bus,
         ca: s.ca,
         stop,
