@@ -9,22 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use devcycle::proto::scheduler::v1 as pb;
 
-/// An agent that sleeps on its first attempt (long enough to be caught
-/// mid-task) and answers at once after that.
-fn sleeper(name: &str, first_attempt_sleep: &str) -> String {
-    format!(
-        r#"name: {name}
-owner: test
-version: 1.0.0
-runtime:
-  process:
-    command: /bin/sh
-    args: ["-c", "if [ \"$DEVCYCLE_ATTEMPT\" = 1 ]; then {first_attempt_sleep}; fi; echo \"{{\\\"attempt\\\": $DEVCYCLE_ATTEMPT}}\""]
-capabilities: [test.sleep]
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_executor_task_is_retried_elsewhere_as_the_next_attempt() {
     let cluster = Cluster::start(true).await;

@@ -9,21 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use devcycle::proto::scheduler::v1 as pb;
 
-/// Sleeps `first` on attempt 1, then answers with the attempt number.
-fn sleeper(name: &str, first: &str) -> String {
-    format!(
-        r#"name: {name}
-owner: test
-version: 1.0.0
-runtime:
-  process:
-    command: /bin/sh
-    args: ["-c", "if [ \"$DEVCYCLE_ATTEMPT\" = 1 ]; then {first}; fi; echo \"{{\\\"attempt\\\": $DEVCYCLE_ATTEMPT}}\""]
-capabilities: [test.sleep]
-"#
-    )
-}
-
 /// Defect: a task whose heartbeat timeout is shorter than the scheduler's
 /// heartbeat interval (here 600 ms against 3 s) timed out on every long
 /// attempt. The worker heartbeats each lease at a third of its timeout.

@@ -394,3 +394,19 @@ pub fn wait_log(path: &Path, needle: &str, within: Duration) -> bool {
     }
     false
 }
+
+/// An agent that sleeps on its first attempt (long enough to be caught
+/// mid-task) and answers at once after that.
+pub fn sleeper(name: &str, first_attempt_sleep: &str) -> String {
+    format!(
+        r#"name: {name}
+owner: test
+version: 1.0.0
+runtime:
+  process:
+    command: /bin/sh
+    args: ["-c", "if [ \"$DEVCYCLE_ATTEMPT\" = 1 ]; then {first_attempt_sleep}; fi; echo \"{{\\\"attempt\\\": $DEVCYCLE_ATTEMPT}}\""]
+capabilities: [test.sleep]
+"#
+    )
+}
