@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::principal::invalid;
+use crate::error::Result;
 use crate::store::{AuditFilter, AuditRow, Store};
 
 const QUEUE: usize = 16_384;
@@ -117,18 +117,13 @@ pub struct AuditService {
     pub store: Store,
 }
 
-#[tonic::async_trait]
-impl pb::audit_server::Audit for AuditService {
-    async fn list_audit_events(
-        &self,
-        req: Request<pb::ListAuditEventsRequest>,
-    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let r = req.into_inner();
-        let limit = devcycle::page::page_size(r.page_size).map_err(invalid)?;
-        let before = devcycle::page::decode_token(&r.page_token).map_err(invalid)?;
-        devcycle::validate::max_bytes("actor", &r.actor, 256).map_err(invalid)?;
-        devcycle::validate::max_bytes("method", &r.method, 256).map_err(invalid)?;
-        let after_ms = devcycle::validate::timestamp("after", r.after.as_ref()).map_err(invalid)?;
+impl AuditService {
+    async fn list(&self, r: pb::ListAuditEventsRequest) -> Result<pb::ListAuditEventsResponse> {
+        let limit = devcycle::page::page_size(r.page_size)?;
+        let before = devcycle::page::decode_token(&r.page_token)?;
+        devcycle::validate::max_bytes("actor", &r.actor, 256)?;
+        devcycle::validate::max_bytes("method", &r.method, 256)?;
+        let after_ms = devcycle::validate::timestamp("after", r.after.as_ref())?;
         let mut rows = self
             .store
             .audit(&AuditFilter {
@@ -140,9 +135,19 @@ impl pb::audit_server::Audit for AuditService {
             })
             .await?;
         let next = devcycle::page::finish(&mut rows, limit, |r| r.id.clone());
-        Ok(Response::new(pb::ListAuditEventsResponse {
+        Ok(pb::ListAuditEventsResponse {
             events: rows.iter().map(event_pb).collect(),
             next_page_token: next,
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for AuditService {
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        Ok(Response::new(self.list(req.into_inner()).await?))
     }
 }

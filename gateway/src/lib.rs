@@ -4,7 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cache;
-pub mod errors;
+pub mod error;
 pub mod front;
 pub mod json;
 pub mod jwks;

@@ -1,11 +1,9 @@
 //! What the front door learned about a request, handed to the gateway's own
-//! services through request extensions, and the statuses it answers with.
+//! services through request extensions.
 
 use std::net::SocketAddr;
 
-use devcycle::validate::FieldError;
-use tonic::Status;
-
+use crate::error::Error;
 use crate::jwt::Claims;
 use crate::verified::Verified;
 
@@ -21,32 +19,15 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Debug, Clone)]
 pub struct BootstrapCredential(pub String);
 
-pub fn invalid(e: FieldError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-/// RESOURCE_EXHAUSTED with the wait in metadata: `retry-after` (seconds,
-/// rounded up, as in HTTP) and `retry-after-ms`.
-pub fn rate_limited(what: &str, wait_us: i64) -> Status {
-    let ms = (wait_us + 999) / 1000;
-    let mut s =
-        Status::resource_exhausted(format!("{what}: rate limit exceeded; retry in {ms} ms"));
-    let md = s.metadata_mut();
-    if let Ok(v) = ((ms + 999) / 1000).to_string().parse() {
-        md.insert("retry-after", v);
-    }
-    if let Ok(v) = ms.to_string().parse() {
-        md.insert("retry-after-ms", v);
-    }
-    s
-}
+/// The refusal of a call that needs a token and came without one.
+pub const BEARER_REQUIRED: &str = "authorization: a bearer token is required";
 
 /// The authenticated caller of a gateway RPC.
-pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Claims, Status> {
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Claims, Error> {
     req.extensions()
         .get::<Authenticated>()
         .map(|a| &a.0.claims)
-        .ok_or_else(|| Status::unauthenticated("authorization: a bearer token is required"))
+        .ok_or(Error::unauthenticated(BEARER_REQUIRED))
 }
 
 pub fn client_addr<T>(req: &tonic::Request<T>) -> String {

@@ -16,6 +16,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::ServiceExt;
 
+use crate::error::Error;
 use crate::rbac::service_of;
 
 /// One HTTP/2 connection over mTLS to a service, redialled when it closes.
@@ -126,21 +127,21 @@ impl Routes {
             };
         }
         let Some(upstream) = self.remote.get(service) else {
-            return Status::unimplemented(format!(
+            let e = Error::Unimplemented(format!(
                 "{} is not served by this mesh",
                 service.trim_matches('/')
-            ))
-            .into_http();
+            ));
+            return Status::from(e).into_http();
         };
         match upstream.call(req).await {
             Ok(res) => res,
             Err(e) => {
                 tracing::warn!(method, error = %e, "proxied call failed");
-                Status::unavailable(format!(
+                let e = Error::unavailable(format!(
                     "{} is unreachable; retry later",
                     service.trim_matches('/')
-                ))
-                .into_http()
+                ));
+                Status::from(e).into_http()
             }
         }
     }

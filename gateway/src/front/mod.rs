@@ -4,6 +4,9 @@
 //! then the call — to the gateway's own services or proxied over mTLS — with
 //! the outcome of mutating calls audited.
 
+mod audited;
+mod target;
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -11,17 +14,20 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::Frame;
 use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+pub use self::audited::code_name;
+use self::audited::{audited, finish_row};
+use self::target::target_of;
 use crate::audit::Recorder;
 use crate::cache::{Bucket, Cache};
+use crate::error::{Error, bad_token};
 use crate::jwt::{ACCESS_TYP, Verifier};
-use crate::principal::{Authenticated, BootstrapCredential, ClientAddr, rate_limited};
+use crate::principal::{Authenticated, BEARER_REQUIRED, BootstrapCredential, ClientAddr};
 use crate::proxy::Routes;
 use crate::rbac::{self, Access, Roles, Rule};
 use crate::revocation::{Revocations, Revoked};
@@ -92,7 +98,8 @@ impl Front {
         let has_query = req.uri().query().is_some();
         let admitted = match self.admit(&method, req.headers(), has_query, remote).await {
             Ok(a) => a,
-            Err(status) => {
+            Err(e) => {
+                let status = Status::from(e);
                 // Refusals by rate limit are counted, not audited: a flood
                 // would otherwise crowd real events out of the audit queue.
                 if let Some(rule) = rbac::rule(&method)
@@ -116,7 +123,7 @@ impl Front {
                     }
                     Body::new(http_body_util::Full::new(bytes))
                 }
-                Err(status) => return status.into_http(),
+                Err(e) => return Status::from(e).into_http(),
             }
         };
         forwarded_headers(&mut parts.headers, admitted.principal.as_deref());
@@ -147,28 +154,28 @@ impl Front {
         headers: &HeaderMap,
         has_query: bool,
         remote: SocketAddr,
-    ) -> Result<Admitted, Status> {
+    ) -> Result<Admitted, Error> {
         if let Some(origin) = headers.get(http::header::ORIGIN)
             && !self.config.origins.iter().any(|o| o == origin)
         {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::permission_denied(format!(
                 "origin: {} is not allowed",
                 String::from_utf8_lossy(origin.as_bytes())
             )));
         }
         if has_query {
-            return Err(Status::unauthenticated(
+            return Err(Error::unauthenticated(
                 "the URL query is refused: send credentials only in the authorization header",
             ));
         }
         let rule = rbac::rule(method).ok_or_else(|| {
-            Status::permission_denied(format!("{method}: no policy entry, so it is denied"))
+            Error::permission_denied(format!("{method}: no policy entry, so it is denied"))
         })?;
         if let Some(h) = headers
             .keys()
             .find(|k| k.as_str().starts_with("x-devcycle-"))
         {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::permission_denied(format!(
                 "{h}: identity metadata is set by the gateway only"
             )));
         }
@@ -215,7 +222,7 @@ impl Front {
         Ok(admitted)
     }
 
-    async fn authenticate(&self, token: &str) -> Result<Arc<Verified>, Status> {
+    async fn authenticate(&self, token: &str) -> Result<Arc<Verified>, Error> {
         let now = devcycle::time::now_ms() / 1000;
         let verified = match self.tokens.get(token, now, self.verifier.leeway_s) {
             Some(v) => v,
@@ -224,10 +231,10 @@ impl Front {
                     .verifier
                     .verify(token, ACCESS_TYP, now)
                     .await
-                    .map_err(|e| Status::unauthenticated(format!("authorization: {}", e.0)))?;
-                let v = Arc::new(Verified::new(claims).ok_or_else(|| {
-                    Status::unauthenticated("authorization: claims that cannot be forwarded")
-                })?);
+                    .map_err(|e| bad_token("authorization", e))?;
+                let v = Arc::new(Verified::new(claims).ok_or(Error::unauthenticated(
+                    "authorization: claims that cannot be forwarded",
+                ))?);
                 self.tokens.insert(token, Arc::clone(&v));
                 v
             }
@@ -237,13 +244,13 @@ impl Front {
             .check(&verified.claims.jti, &verified.claims.session)
         {
             Ok(()) => Ok(verified),
-            Err(Revoked::Token) => Err(Status::unauthenticated(
+            Err(Revoked::Token) => Err(Error::unauthenticated(
                 "authorization: token revoked (logged out)",
             )),
-            Err(Revoked::Session) => Err(Status::unauthenticated(
+            Err(Revoked::Session) => Err(Error::unauthenticated(
                 "authorization: session revoked; log in again",
             )),
-            Err(Revoked::Unknown) => Err(Status::unavailable(
+            Err(Revoked::Unknown) => Err(Error::unavailable(
                 "revocation list not loaded yet; retry shortly",
             )),
         }
@@ -251,13 +258,16 @@ impl Front {
 
     /// Applies rate limits; when the shared store is unreachable the request
     /// is let through (fail open) and counted.
-    async fn limit(&self, buckets: &[Bucket]) -> Result<(), Status> {
+    async fn limit(&self, buckets: &[Bucket]) -> Result<(), Error> {
         let now_us = devcycle::time::now_ms() * 1000;
         match self.cache.rate(buckets, now_us).await {
             Ok(d) if d.allowed => Ok(()),
             Ok(d) => {
                 metrics::counter!("devcycle_gateway_rate_limited_total").increment(1);
-                Err(rate_limited("requests", d.retry_after_us))
+                Err(Error::RateLimited {
+                    what: "requests",
+                    wait_us: d.retry_after_us,
+                })
             }
             Err(e) => {
                 metrics::counter!("devcycle_gateway_ratelimit_fail_open_total").increment(1);
@@ -271,17 +281,14 @@ impl Front {
         }
     }
 
-    async fn read_unary(&self, body: Body) -> Result<Bytes, Status> {
+    async fn read_unary(&self, body: Body) -> Result<Bytes, Error> {
         let max = self.config.max_message_bytes + 5;
         match http_body_util::Limited::new(body, max).collect().await {
             Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Status::resource_exhausted(format!(
-                    "request: larger than {} bytes",
-                    self.config.max_message_bytes
-                )))
-            }
-            Err(e) => Err(Status::cancelled(format!("request body: {e}"))),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge {
+                max: self.config.max_message_bytes,
+            }),
+            Err(e) => Err(Error::Cancelled(format!("request body: {e}"))),
         }
     }
 
@@ -311,19 +318,17 @@ enum Credential {
     Bootstrap(String),
 }
 
-fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Status> {
+fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Error> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(v) = values.next() else {
         return Ok(Credential::None);
     };
     if values.next().is_some() {
-        return Err(Status::unauthenticated(
-            "authorization: sent more than once",
-        ));
+        return Err(Error::unauthenticated("authorization: sent more than once"));
     }
     let v = v
         .to_str()
-        .map_err(|_| Status::unauthenticated("authorization: not ASCII"))?;
+        .map_err(|_| Error::unauthenticated("authorization: not ASCII"))?;
     if let Some(t) = v.strip_prefix("Bearer ") {
         return Ok(Credential::Bearer(t.trim().to_owned()));
     }
@@ -332,25 +337,23 @@ fn credential(headers: &HeaderMap, rule: &Rule) -> Result<Credential, Status> {
     {
         return Ok(Credential::Bootstrap(t.trim().to_owned()));
     }
-    Err(Status::unauthenticated(
+    Err(Error::unauthenticated(
         "authorization: expected \"Bearer <token>\"",
     ))
 }
 
-fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
+fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Error> {
     let roles = a.principal.as_ref().map(|p| p.roles);
     let allowed = match (rule.access, roles) {
         (Access::Public, _) => return Ok(()),
         (Access::AdminOrBootstrap, _) if a.bootstrap.is_some() => return Ok(()),
         (Access::Roles(Roles::NONE), _) => {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::permission_denied(format!(
                 "{method} is served only to mesh identities over mTLS"
             )));
         }
         (_, None) => {
-            return Err(Status::unauthenticated(
-                "authorization: a bearer token is required",
-            ));
+            return Err(Error::unauthenticated(BEARER_REQUIRED));
         }
         (Access::Roles(need), Some(have)) => have.intersects(need),
         (Access::AdminOrBootstrap, Some(have)) => have.intersects(Roles::ADMIN),
@@ -358,7 +361,7 @@ fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Status> {
     if allowed {
         Ok(())
     } else {
-        Err(Status::permission_denied(format!(
+        Err(Error::permission_denied(format!(
             "{method}: not allowed for roles {:?}",
             a.principal
                 .as_ref()
@@ -403,173 +406,6 @@ fn client_streaming() -> &'static HashSet<String> {
     })
 }
 
-/// The audited target: the first string found along one of `paths` in the
-/// request's first message (uncompressed frames only).
-fn target_of(frame: &[u8], paths: &[rbac::TargetPath]) -> String {
-    if frame.len() < 5 || frame[0] != 0 {
-        return String::new();
-    }
-    let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-    let Some(msg) = frame.get(5..5 + len) else {
-        return String::new();
-    };
-    for path in paths {
-        let mut cur = msg;
-        let found = path.iter().all(|f| match field(cur, *f) {
-            Some(v) => {
-                cur = v;
-                true
-            }
-            None => false,
-        });
-        if found && let Ok(s) = std::str::from_utf8(cur) {
-            // Stored and printed: no control characters (PostgreSQL refuses
-            // NUL, terminals obey escapes).
-            return s.chars().filter(|c| !c.is_control()).take(256).collect();
-        }
-    }
-    String::new()
-}
-
-/// The bytes of length-delimited field `number` in a protobuf message; the
-/// last occurrence, as protobuf parsers read it.
-fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
-    use prost::encoding::decode_varint;
-    let mut found = None;
-    while buf.has_remaining() {
-        let key = decode_varint(&mut buf).ok()?;
-        match key & 7 {
-            0 => {
-                decode_varint(&mut buf).ok()?;
-            }
-            1 => buf = buf.get(8..)?,
-            2 => {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                let v = buf.get(..len)?;
-                if key >> 3 == u64::from(number) {
-                    found = Some(v);
-                }
-                buf = &buf[len..];
-            }
-            5 => buf = buf.get(4..)?,
-            _ => return None,
-        }
-    }
-    found
-}
-
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-fn finish_row(row: &mut AuditRow, code: Code) {
-    use devcycle::proto::auth::v1::AuditOutcome;
-    row.outcome = match code {
-        Code::Ok => AuditOutcome::Ok,
-        Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted => {
-            AuditOutcome::Denied
-        }
-        _ => AuditOutcome::Error,
-    } as i32;
-    row.status_code = code_name(code).to_owned();
-}
-
-fn status_code(h: &HeaderMap) -> Option<Code> {
-    h.get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(Code::from_i32)
-}
-
-/// Records the call's outcome once its status is known: from the headers
-/// of a trailers-only response, from the trailers, or CANCELLED if the
-/// response is dropped before either.
-fn audited(res: Response<Body>, recorder: Recorder, mut row: AuditRow) -> Response<Body> {
-    if let Some(code) = status_code(res.headers()) {
-        finish_row(&mut row, code);
-        recorder.record(row);
-        return res;
-    }
-    res.map(|inner| {
-        Body::new(AuditBody {
-            inner,
-            pending: Some((recorder, row)),
-        })
-    })
-}
-
-struct AuditBody {
-    inner: Body,
-    pending: Option<(Recorder, AuditRow)>,
-}
-
-impl AuditBody {
-    fn finish(&mut self, code: Code) {
-        if let Some((recorder, mut row)) = self.pending.take() {
-            finish_row(&mut row, code);
-            recorder.record(row);
-        }
-    }
-}
-
-impl Drop for AuditBody {
-    fn drop(&mut self) {
-        self.finish(Code::Cancelled);
-    }
-}
-
-impl http_body::Body for AuditBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(code) = f.trailers_ref().and_then(status_code) {
-                    self.finish(code);
-                }
-            }
-            Poll::Ready(Some(Err(s))) => {
-                let code = s.code();
-                self.finish(code);
-            }
-            Poll::Ready(None) => self.finish(Code::Unknown),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The front door as a tower service.
 #[derive(Clone)]
 pub struct FrontService(pub Arc<Front>);
@@ -587,46 +423,5 @@ impl tower::Service<Request<Body>> for FrontService {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let front = Arc::clone(&self.0);
         Box::pin(async move { Ok(front.handle(req).await) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_are_read_from_nested_fields() {
-        use prost::Message;
-        let req = devcycle::proto::scheduler::v1::CancelRunRequest {
-            run_id: "r-1".into(),
-            reason: "x".into(),
-        };
-        let frame = |m: Vec<u8>| {
-            let mut f = vec![0u8];
-            f.extend((m.len() as u32).to_be_bytes());
-            f.extend(m);
-            f
-        };
-        assert_eq!(target_of(&frame(req.encode_to_vec()), &[&[1]]), "r-1");
-        // The last occurrence wins, as in protobuf; control characters go.
-        let mut twice = req.encode_to_vec();
-        twice.extend(
-            devcycle::proto::scheduler::v1::CancelRunRequest {
-                run_id: "r-2\0\x1b[2J".into(),
-                reason: String::new(),
-            }
-            .encode_to_vec(),
-        );
-        assert_eq!(target_of(&frame(twice), &[&[1]]), "r-2[2J");
-        let agent = devcycle::proto::registry::v1::CreateAgentRequest {
-            agent: Some(devcycle::proto::registry::v1::Agent {
-                name: "lint".into(),
-                ..Default::default()
-            }),
-        };
-        let f = frame(agent.encode_to_vec());
-        assert_eq!(target_of(&f, &[&[1, 1]]), "lint");
-        assert_eq!(target_of(&f, &[&[7]]), "");
-        assert_eq!(target_of(&[1, 0, 0, 0, 0, 10, 1, 65], &[&[1]]), "");
     }
 }
