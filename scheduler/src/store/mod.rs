@@ -7,6 +7,8 @@
 //! statements an engine needs: PostgreSQL implements them with multi-row
 //! statements (`UNNEST`), SQLite with prepared statements on a dedicated
 //! thread that owns the connection, so a whole batch costs one thread hop.
+//! The statements themselves are in [`sql`], written once where the engines
+//! agree; it lists where they do not.
 //!
 //! Lock order, on PostgreSQL: run rows (by id), then their task rows, then
 //! concurrency-key rows, then rate-limit rows. Every change to a task holds
@@ -16,6 +18,7 @@ mod apply;
 pub mod notice;
 pub mod pg;
 mod rows;
+mod sql;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -24,7 +27,7 @@ use async_trait::async_trait;
 
 pub use apply::apply_batch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::machine::{CancelNotice, Reject};
 use crate::model::*;
 
@@ -291,4 +294,11 @@ pub trait SchedulerStore: Send + Sync + 'static {
     /// Oldest unpublished events.
     async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>>;
     async fn mark_published(&self, ids: &[i64]) -> Result<()>;
+}
+
+/// Why `put_workflow` stored nothing: the workflow is someone else's.
+fn not_owner(name: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "spec.name: workflow {name} belongs to another user; only its owner, maintainers and admins may replace it"
+    ))
 }

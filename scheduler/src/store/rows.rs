@@ -1,21 +1,50 @@
-//! Conversions between rows and the flat columns both stores keep.
+//! Conversions between rows and the flat columns both stores keep: one
+//! mapper per record, read through [`Columns`] from either engine's rows,
+//! and one encoder (`From<&TaskRow>`, `From<&RunRow>`) whose values both
+//! engines bind.
+
+use sqlx::Row as _;
 
 use crate::error::{Error, Result};
 use crate::model::*;
 
-pub const TASK_COLUMNS: &str = "id, run_id, key, agent, agent_version, state, attempt, priority, input, output, \
-     error, deps_pending, depends_on, dependents, retry, timeouts, concurrency_key, concurrency_limit, \
-     ready_at, lease_id, lease_expires, attempt_deadline, schedule_deadline, worker_id, create_time, \
-     start_time, end_time, rev";
+/// A value both engines can decode from a column.
+pub trait Value:
+    for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + rusqlite::types::FromSql
+{
+}
 
-pub const RUN_COLUMNS: &str = "id, workflow, workflow_revision, state, inputs, idempotency_key, created_by, \
-     failure_policy, create_time, end_time, last_seq, rev";
+impl<T> Value for T where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + rusqlite::types::FromSql
+{
+}
 
-pub const EVENT_COLUMNS: &str =
-    "id, event_id, run_id, seq, kind, task_id, task_key, attempt, worker_id, message, time";
+/// A result row of either engine, read by column index.
+pub trait Columns {
+    fn get<T: Value>(&self, i: usize) -> Result<T>;
+}
+
+impl Columns for sqlx::postgres::PgRow {
+    fn get<T: Value>(&self, i: usize) -> Result<T> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn get<T: Value>(&self, i: usize) -> Result<T> {
+        Ok(rusqlite::Row::get(self, i)?)
+    }
+}
+
+/// `n` as a count, clamped into `u32`.
+pub fn count(n: i64) -> u32 {
+    n.clamp(0, i64::from(u32::MAX)) as u32
+}
 
 /// A task as columns: JSON for the structured fields.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct TaskRecord {
     pub id: String,
     pub run_id: String,
@@ -55,6 +84,11 @@ fn parse<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
+/// A task's error as stored.
+pub fn error_json(e: Option<&TaskError>) -> Option<String> {
+    e.map(json)
+}
+
 impl From<&TaskRow> for TaskRecord {
     fn from(t: &TaskRow) -> Self {
         Self {
@@ -68,7 +102,7 @@ impl From<&TaskRow> for TaskRecord {
             priority: i64::from(t.priority),
             input: t.input.clone(),
             output: t.output.clone(),
-            error: t.error.as_ref().map(json),
+            error: error_json(t.error.as_ref()),
             deps_pending: i64::from(t.deps_pending),
             depends_on: json(&t.depends_on),
             dependents: json(&t.dependents),
@@ -93,7 +127,6 @@ impl From<&TaskRow> for TaskRecord {
 impl TryFrom<TaskRecord> for TaskRow {
     type Error = Error;
     fn try_from(r: TaskRecord) -> Result<TaskRow> {
-        let n = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
         Ok(TaskRow {
             state: TaskState::parse(&r.state)
                 .ok_or_else(|| Error::Corrupt(format!("task state {}", r.state)))?,
@@ -106,10 +139,10 @@ impl TryFrom<TaskRecord> for TaskRow {
             dependents: parse(&r.dependents, "dependents")?,
             retry: parse(&r.retry, "retry")?,
             timeouts: parse(&r.timeouts, "timeouts")?,
-            attempt: n(r.attempt),
+            attempt: count(r.attempt),
             priority: r.priority.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
-            deps_pending: n(r.deps_pending),
-            concurrency_limit: n(r.concurrency_limit),
+            deps_pending: count(r.deps_pending),
+            concurrency_limit: count(r.concurrency_limit),
             id: r.id,
             run_id: r.run_id,
             key: r.key,
@@ -132,7 +165,7 @@ impl TryFrom<TaskRecord> for TaskRow {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RunRecord {
     pub id: String,
     pub workflow: String,
@@ -199,7 +232,7 @@ impl TryFrom<RunRecord> for RunRow {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct EventRecord {
     pub id: i64,
     pub event_id: String,
@@ -220,7 +253,7 @@ impl TryFrom<EventRecord> for EventRow {
         Ok(EventRow {
             kind: EventKind::parse(&r.kind)
                 .ok_or_else(|| Error::Corrupt(format!("event kind {}", r.kind)))?,
-            attempt: r.attempt.clamp(0, i64::from(u32::MAX)) as u32,
+            attempt: count(r.attempt),
             id: r.id,
             event_id: r.event_id,
             run_id: r.run_id,
@@ -231,5 +264,99 @@ impl TryFrom<EventRecord> for EventRow {
             message: r.message,
             time: r.time,
         })
+    }
+}
+
+/// One mapper per record: columns in the order of `sql::*_columns!`.
+pub fn task(r: &impl Columns) -> Result<TaskRow> {
+    TaskRow::try_from(TaskRecord {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        key: r.get(2)?,
+        agent: r.get(3)?,
+        agent_version: r.get(4)?,
+        state: r.get(5)?,
+        attempt: r.get(6)?,
+        priority: r.get(7)?,
+        input: r.get(8)?,
+        output: r.get(9)?,
+        error: r.get(10)?,
+        deps_pending: r.get(11)?,
+        depends_on: r.get(12)?,
+        dependents: r.get(13)?,
+        retry: r.get(14)?,
+        timeouts: r.get(15)?,
+        concurrency_key: r.get(16)?,
+        concurrency_limit: r.get(17)?,
+        ready_at: r.get(18)?,
+        lease_id: r.get(19)?,
+        lease_expires: r.get(20)?,
+        attempt_deadline: r.get(21)?,
+        schedule_deadline: r.get(22)?,
+        worker_id: r.get(23)?,
+        create_time: r.get(24)?,
+        start_time: r.get(25)?,
+        end_time: r.get(26)?,
+        rev: r.get(27)?,
+    })
+}
+
+pub fn run(r: &impl Columns) -> Result<RunRow> {
+    RunRow::try_from(RunRecord {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        workflow_revision: r.get(2)?,
+        state: r.get(3)?,
+        inputs: r.get(4)?,
+        idempotency_key: r.get(5)?,
+        created_by: r.get(6)?,
+        failure_policy: r.get(7)?,
+        create_time: r.get(8)?,
+        end_time: r.get(9)?,
+        last_seq: r.get(10)?,
+        rev: r.get(11)?,
+    })
+}
+
+pub fn event(r: &impl Columns) -> Result<EventRow> {
+    EventRow::try_from(EventRecord {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        run_id: r.get(2)?,
+        seq: r.get(3)?,
+        kind: r.get(4)?,
+        task_id: r.get(5)?,
+        task_key: r.get(6)?,
+        attempt: r.get(7)?,
+        worker_id: r.get(8)?,
+        message: r.get(9)?,
+        time: r.get(10)?,
+    })
+}
+
+pub fn workflow(r: &impl Columns) -> Result<WorkflowRow> {
+    Ok(WorkflowRow {
+        name: r.get(0)?,
+        revision: r.get(1)?,
+        spec: r.get(2)?,
+        create_time: r.get(3)?,
+        owner: r.get(4)?,
+    })
+}
+
+pub fn log(r: &impl Columns) -> Result<LogRow> {
+    Ok(LogRow {
+        task_id: r.get(0)?,
+        attempt: count(r.get(1)?),
+        time: r.get(2)?,
+        stream: r.get(3)?,
+        line: r.get(4)?,
+    })
+}
+
+pub fn rate_limit(per_second: f64, burst: i64) -> RateLimit {
+    RateLimit {
+        per_second,
+        burst: count(burst),
     }
 }
