@@ -3,6 +3,7 @@
 
 mod error;
 mod liveness;
+pub mod manifest;
 pub mod model;
 mod resolve;
 mod service;

@@ -1,5 +1,5 @@
 //! The registry's storage: one trait, implemented for PostgreSQL and SQLite
-//! by the same SQL (see `sql.rs`), checked by one conformance suite
+//! by the same statements (`statements.rs`, run by `sql.rs`), checked by one conformance suite
 //! (`tests/conformance.rs`).
 //!
 //! Every mutation is one transaction that also appends its event to
@@ -9,7 +9,11 @@
 //! change up to N. Registry writes are rare, so the serialization costs
 //! nothing that matters.
 
+mod exec;
+mod listen;
+mod rows;
 mod sql;
+mod statements;
 
 use async_trait::async_trait;
 use devcycle::db::Database;
@@ -18,7 +22,7 @@ use tokio::sync::watch;
 use crate::error::Result;
 use crate::model::*;
 
-pub use sql::{PgStore, SqliteStore};
+pub use sql::SqlStore;
 
 /// A deployment to record.
 #[derive(Debug, Clone)]
@@ -135,8 +139,5 @@ pub trait RegistryStore: Send + Sync + 'static {
 
 /// The store for a database of either engine.
 pub async fn open(db: &Database) -> Result<std::sync::Arc<dyn RegistryStore>> {
-    Ok(match db {
-        Database::Postgres(pool) => std::sync::Arc::new(PgStore::new(pool.clone()).await?),
-        Database::Sqlite(pool) => std::sync::Arc::new(SqliteStore::new(pool.clone()).await?),
-    })
+    Ok(std::sync::Arc::new(SqlStore::new(db).await?))
 }

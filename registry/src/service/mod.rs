@@ -15,9 +15,15 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::resolve::{ConflictKind, Resolution, resolve};
-use crate::store::{NewDeployment, RegistryStore};
+use crate::resolve::resolve;
+use crate::store::RegistryStore;
 use crate::watch;
+
+mod deploy;
+mod workers;
+
+use deploy::resolution_to_pb;
+use workers::worker_from_pb;
 
 pub struct Registry {
     pub(crate) store: Arc<dyn RegistryStore>,
@@ -28,6 +34,26 @@ pub struct Registry {
 /// Answers with this service's error mapped by its `From<Error> for Status`.
 fn respond<T>(r: Result<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
+}
+
+/// One page of a listing in wire form. `fetch(after, n)` lists up to `n`
+/// rows with keys above `after`; it is asked for one row more than the page
+/// holds, which tells whether another page follows.
+async fn one_page<T, P, Fut>(
+    page_size: i32,
+    token: &str,
+    fetch: impl FnOnce(Option<String>, usize) -> Fut,
+    key: impl Fn(&T) -> String,
+) -> Result<(Vec<P>, String)>
+where
+    Fut: Future<Output = Result<Vec<T>>>,
+    P: From<T>,
+{
+    let size = page::page_size(page_size)?;
+    let after = page::decode_token(token)?;
+    let mut rows = fetch(after, size + 1).await?;
+    let next_page_token = page::finish(&mut rows, size, key);
+    Ok((rows.into_iter().map(Into::into).collect(), next_page_token))
 }
 
 fn not_found(what: String) -> Error {
@@ -61,162 +87,6 @@ impl Registry {
                     "version: {version} of agent {agent} is not published"
                 ))
             })
-    }
-
-    async fn check_deployable(&self, v: &AgentVersion) -> Result<()> {
-        let resolution = resolve(self.store.as_ref(), v).await?;
-        if resolution.compatible() {
-            Ok(())
-        } else {
-            Err(Error::FailedPrecondition(format!(
-                "{}@{} cannot go live: {}",
-                v.agent,
-                v.version,
-                resolution.summary()
-            )))
-        }
-    }
-
-    async fn deploy_inner(
-        &self,
-        caller: &Caller,
-        r: pb::DeployRequest,
-    ) -> Result<pb::DeployResponse> {
-        let agent = self.agent(&r.agent, "agent").await?;
-        validate::required("version", &r.version)?;
-        let target = self.version_or_live(&r.agent, &r.version).await?;
-        let version = target.version.to_string();
-        if agent.live_version.as_deref() == Some(version.as_str())
-            && let Some(current) = self.store.current_deployment(&r.agent).await?
-        {
-            return Ok(pb::DeployResponse {
-                deployment: Some(current.into()),
-            });
-        }
-        self.check_deployable(&target).await?;
-        let d = NewDeployment {
-            agent: r.agent.clone(),
-            version,
-            previous_version: agent.live_version.clone(),
-            kind: DeployKind::Deploy,
-        };
-        let done = self
-            .store
-            .record_deployment(&d, agent.live_version.as_deref(), &caller.actor(), now_ms())
-            .await?;
-        Ok(pb::DeployResponse {
-            deployment: Some(done.into()),
-        })
-    }
-
-    /// Back to what was live before the current deployment. Rolling back a
-    /// rollback continues down the history rather than toggling.
-    async fn rollback_inner(
-        &self,
-        caller: &Caller,
-        r: pb::RollbackRequest,
-    ) -> Result<pb::RollbackResponse> {
-        let agent = self.agent(&r.agent, "agent").await?;
-        let current = self.store.current_deployment(&r.agent).await?;
-        let Some(target) = current.and_then(|c| c.previous_version) else {
-            return Err(Error::FailedPrecondition(format!(
-                "agent {} has no previous version to roll back to",
-                r.agent
-            )));
-        };
-        let version = self.version_or_live(&r.agent, &target).await?;
-        self.check_deployable(&version).await?;
-        let previous = self
-            .store
-            .last_deployment_of(&r.agent, &target)
-            .await?
-            .and_then(|d| d.previous_version);
-        let d = NewDeployment {
-            agent: r.agent.clone(),
-            version: target,
-            previous_version: previous,
-            kind: DeployKind::Rollback,
-        };
-        let done = self
-            .store
-            .record_deployment(&d, agent.live_version.as_deref(), &caller.actor(), now_ms())
-            .await?;
-        Ok(pb::RollbackResponse {
-            deployment: Some(done.into()),
-        })
-    }
-
-    fn own_worker(caller: &Caller, field: &str, id: &str) -> Result<()> {
-        use devcycle::identity::Kind;
-        if caller.peer.kind() == Kind::Worker && caller.peer.name() != id {
-            return Err(Error::PermissionDenied(format!(
-                "{field}: {id} is not your identity {}",
-                caller.peer
-            )));
-        }
-        Ok(())
-    }
-}
-
-fn worker_from_pb(w: pb::Worker, now: i64) -> Result<Worker> {
-    validate::dns_label("worker.id", &w.id)?;
-    validate::max_items("worker.agents", w.agents.len(), 256)?;
-    for (i, a) in w.agents.iter().enumerate() {
-        validate::dns_label(&format!("worker.agents[{i}]"), a)?;
-    }
-    if !(1..=10_000).contains(&w.capacity) {
-        return Err(FieldError::new("worker.capacity", "must be between 1 and 10000").into());
-    }
-    if !w.address.is_empty() && w.address.parse::<http::uri::Authority>().is_err() {
-        return Err(FieldError::new("worker.address", "must be host:port").into());
-    }
-    validate::labels("worker.labels", &w.labels)?;
-    let mut agents = w.agents;
-    agents.sort();
-    agents.dedup();
-    Ok(Worker {
-        id: w.id,
-        agents,
-        capacity: w.capacity,
-        in_flight: 0,
-        address: w.address,
-        labels: w.labels.into_iter().collect(),
-        state: WorkerState::Up,
-        register_time: now,
-        last_heartbeat: now,
-    })
-}
-
-fn resolution_to_pb(r: Resolution) -> pb::CheckCompatibilityResponse {
-    pb::CheckCompatibilityResponse {
-        compatible: r.compatible(),
-        resolved: r
-            .resolved
-            .into_iter()
-            .map(|d| pb::ResolvedDependency {
-                agent: d.agent,
-                requirement: d.requirement,
-                version: d.version,
-                depth: d.depth as i32,
-            })
-            .collect(),
-        conflicts: r
-            .conflicts
-            .into_iter()
-            .map(|c| pb::Conflict {
-                kind: match c.kind {
-                    ConflictKind::UnknownAgent => pb::ConflictKind::UnknownAgent,
-                    ConflictKind::NotDeployed => pb::ConflictKind::NotDeployed,
-                    ConflictKind::VersionMismatch => pb::ConflictKind::VersionMismatch,
-                    ConflictKind::Cycle => pb::ConflictKind::Cycle,
-                } as i32,
-                path: c.path,
-                agent: c.agent,
-                requirement: c.requirement,
-                live_version: c.live_version.unwrap_or_default(),
-                message: c.message,
-            })
-            .collect(),
     }
 }
 
@@ -262,16 +132,17 @@ impl AgentRegistry for Registry {
         respond(
             async {
                 let r = req.into_inner();
-                let size = page::page_size(r.page_size)?;
-                let after = page::decode_token(&r.page_token)?;
                 let owner = (!r.owner.is_empty()).then_some(r.owner.as_str());
-                let mut agents = self
-                    .store
-                    .list_agents(owner, after.as_deref(), size + 1)
+                let fetch = |after: Option<String>, n| async move {
+                    self.store.list_agents(owner, after.as_deref(), n).await
+                };
+                let (agents, next_page_token) =
+                    one_page(r.page_size, &r.page_token, fetch, |a: &Agent| {
+                        a.name.clone()
+                    })
                     .await?;
-                let next_page_token = page::finish(&mut agents, size, |a| a.name.clone());
                 Ok(pb::ListAgentsResponse {
-                    agents: agents.into_iter().map(Into::into).collect(),
+                    agents,
                     next_page_token,
                 })
             }
@@ -597,16 +468,14 @@ impl AgentRegistry for Registry {
                 if !r.agent.is_empty() {
                     validate::dns_label("agent", &r.agent)?;
                 }
-                let size = page::page_size(r.page_size)?;
-                let after = page::decode_token(&r.page_token)?;
                 let agent = (!r.agent.is_empty()).then_some(r.agent.as_str());
-                let mut workers = self
-                    .store
-                    .list_workers(agent, after.as_deref(), size + 1)
-                    .await?;
-                let next_page_token = page::finish(&mut workers, size, |w| w.id.clone());
+                let fetch = |after: Option<String>, n| async move {
+                    self.store.list_workers(agent, after.as_deref(), n).await
+                };
+                let (workers, next_page_token) =
+                    one_page(r.page_size, &r.page_token, fetch, |w: &Worker| w.id.clone()).await?;
                 Ok(pb::ListWorkersResponse {
-                    workers: workers.into_iter().map(Into::into).collect(),
+                    workers,
                     next_page_token,
                 })
             }
