@@ -21,10 +21,10 @@ use devcycle::proto::scheduler::v1 as pb;
 use devcycle::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
+use crate::error::{Error, Result};
 use crate::hub::Hub;
-use crate::machine::{CancelNotice, Reject};
+use crate::machine::CancelNotice;
 use crate::model::*;
 use crate::store::{Op, OpResult, SchedulerStore, Submit};
 
@@ -36,7 +36,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 pub const MAX_LOG_LINES: u32 = 1000;
 pub const LOG_TRUNCATED: &str = "[devcycle: log truncated; later lines were dropped]";
 
-pub type Outbound = mpsc::UnboundedSender<Result<pb::WorkResponse, Status>>;
+/// What a worker stream is sent; an error ends the stream.
+pub type Outbound = mpsc::UnboundedSender<Result<pb::WorkResponse>>;
 
 /// A connected worker stream.
 pub struct WorkerConn {
@@ -54,11 +55,11 @@ pub enum Cmd {
     Submit {
         submit: Submit,
         specs: Vec<Arc<reg::AgentVersion>>,
-        reply: oneshot::Sender<Result<(String, bool), Status>>,
+        reply: oneshot::Sender<Result<(String, bool)>>,
     },
     Rpc {
         op: Op,
-        reply: oneshot::Sender<Result<OpResult, Status>>,
+        reply: oneshot::Sender<Result<OpResult>>,
     },
     Connect(WorkerConn),
     Disconnect {
@@ -149,10 +150,8 @@ impl Engine {
         )
     }
 
-    pub fn send(&self, cmd: Cmd) -> Result<(), Status> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| Status::unavailable("the scheduler is shutting down"))
+    pub fn send(&self, cmd: Cmd) -> Result<()> {
+        self.tx.send(cmd).map_err(|_| Error::ShuttingDown)
     }
 
     pub fn new_conn_id(&self) -> u64 {
@@ -163,27 +162,25 @@ impl Engine {
         &self,
         submit: Submit,
         specs: Vec<Arc<reg::AgentVersion>>,
-    ) -> Result<(String, bool), Status> {
+    ) -> Result<(String, bool)> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Submit {
             submit,
             specs,
             reply,
         })?;
-        rx.await
-            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?
+        rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    pub async fn rpc(&self, op: Op) -> Result<OpResult, Status> {
+    pub async fn rpc(&self, op: Op) -> Result<OpResult> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Rpc { op, reply })?;
-        rx.await
-            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?
+        rx.await.map_err(|_| Error::ShuttingDown)?
     }
 }
 
 enum ReplyTo {
-    Rpc(oneshot::Sender<Result<OpResult, Status>>),
+    Rpc(oneshot::Sender<Result<OpResult>>),
     Result {
         conn: u64,
         lease: Lease,
@@ -201,7 +198,7 @@ enum ReplyTo {
 }
 
 /// Answers a submitter: the run id, and whether it was created.
-type SubmitReply = oneshot::Sender<Result<(String, bool), Status>>;
+type SubmitReply = oneshot::Sender<Result<(String, bool)>>;
 
 #[derive(Default)]
 struct Pending {
@@ -303,11 +300,11 @@ impl Core {
         }
         // Callers still waiting learn that nothing was recorded.
         for (_, reply) in self.pending.submits.drain(..) {
-            let _ = reply.send(Err(Status::unavailable("the scheduler is shutting down")));
+            let _ = reply.send(Err(Error::ShuttingDown));
         }
         for (_, to) in self.pending.ops.drain(..) {
             if let ReplyTo::Rpc(reply) = to {
-                let _ = reply.send(Err(Status::unavailable("the scheduler is shutting down")));
+                let _ = reply.send(Err(Error::ShuttingDown));
             }
         }
     }
@@ -417,7 +414,7 @@ impl Core {
                     tracing::info!(%worker_id, "worker moved to another scheduler; closing its stream here");
                     self.close(
                         conn,
-                        Status::aborted("the worker has a newer stream elsewhere"),
+                        Error::Superseded("the worker has a newer stream elsewhere".into()),
                     );
                 }
             }
@@ -431,7 +428,7 @@ impl Core {
             tracing::info!(worker_id = %w.worker_id, "worker reconnected; closing its previous stream");
             self.close(
                 old,
-                Status::aborted("replaced by a newer stream of the same worker"),
+                Error::Superseded("replaced by a newer stream of the same worker".into()),
             );
         }
         self.by_worker.insert(w.worker_id.clone(), w.conn);
@@ -470,7 +467,7 @@ impl Core {
         })
     }
 
-    fn close(&mut self, conn: u64, why: Status) {
+    fn close(&mut self, conn: u64, why: Error) {
         if let Some(prev) = self.workers.remove(&conn) {
             if self.by_worker.get(&prev.worker_id) == Some(&conn) {
                 self.by_worker.remove(&prev.worker_id);
@@ -556,13 +553,5 @@ pub fn lease_ref(l: &Lease) -> pb::LeaseRef {
         task_id: l.task_id.clone(),
         attempt: l.attempt,
         lease_id: l.lease_id.clone(),
-    }
-}
-
-/// Rejections as the statuses callers see.
-pub fn reject_status(r: Reject) -> Status {
-    match r {
-        Reject::NotFound(m) => Status::not_found(m),
-        Reject::Stale(m) | Reject::State(m) => Status::failed_precondition(m),
     }
 }

@@ -41,7 +41,7 @@ pub fn follow(
             let events = match store.run_events(&run_id, after, BATCH).await {
                 Ok(e) => e,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
+                    let _ = tx.send(Err(Status::from(e))).await;
                     break;
                 }
             };

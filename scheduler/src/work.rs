@@ -13,14 +13,15 @@ use devcycle::authz::Caller;
 use devcycle::identity::Kind;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::time::{from_timestamp, now_ms};
-use devcycle::validate;
-use futures::Stream;
+use devcycle::validate::{self, FieldError};
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use crate::engine::{Cmd, Engine, WorkerConn};
+use crate::error::{Error, Result};
 use crate::model::{Lease, LogRow, Outcome, TaskError};
 
 pub type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
@@ -30,6 +31,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const SILENT_INTERVALS: u32 = 3;
 const MAX_LINE_BYTES: usize = 4096;
 
+/// Takes a worker's hello and serves its stream. The gRPC boundary: the
+/// scheduler's errors become statuses here, and a transport's status is
+/// passed on as it is.
 pub async fn accept(
     engine: &Engine,
     caller: Caller,
@@ -38,32 +42,18 @@ pub async fn accept(
     shutdown: CancellationToken,
 ) -> Result<WorkStream, Status> {
     if caller.peer.kind() != Kind::Worker {
-        return Err(Status::permission_denied(format!(
+        return Err(Error::PermissionDenied(format!(
             "{} is not a worker identity; Work needs spiffe://<td>/worker/<id>",
             caller.peer
-        )));
+        ))
+        .into());
     }
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
         .await
-        .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
-    let Some(pb::WorkRequest {
-        msg: Some(pb::work_request::Msg::Hello(hello)),
-    }) = first
-    else {
-        return Err(Status::invalid_argument(
-            "hello: the first message must be hello",
-        ));
-    };
-    if hello.worker_id != caller.peer.name() {
-        return Err(Status::permission_denied(format!(
-            "hello.worker_id: {:?} is not your identity {}",
-            hello.worker_id, caller.peer
-        )));
-    }
-    for (i, a) in hello.agents.iter().enumerate() {
-        validate::dns_label(&format!("hello.agents[{i}]"), a)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    }
+        .map_err(|_| Error::DeadlineExceeded("no hello within 10 s".into()))?
+        // A broken transport's own status is passed on as it is.
+        ?;
+    let hello = hello(&caller, first)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Ok(pb::WorkResponse {
         msg: Some(pb::work_response::Msg::Welcome(pb::WorkerWelcome {
@@ -74,7 +64,7 @@ pub async fn accept(
         .held
         .into_iter()
         .map(|l| lease("hello.held", Some(l)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let conn = engine.new_conn_id();
     tracing::info!(worker_id = %hello.worker_id, held = held.len(), session = hello.session, "worker connected");
     engine.send(Cmd::Connect(WorkerConn {
@@ -102,18 +92,17 @@ pub async fn accept(
                 }
                 Err(_) => {
                     tracing::warn!(worker_id = %hello.worker_id, silent_ms = silence.as_millis() as u64, "worker silent; closing its stream");
-                    let _ = tx.send(Err(Status::unavailable(format!(
-                        "no message for {} ms; heartbeat every {} ms",
-                        silence.as_millis(),
-                        heartbeat_interval.as_millis()
-                    ))));
+                    let _ = tx.send(Err(Error::WorkerSilent {
+                        silent_ms: silence.as_millis(),
+                        heartbeat_ms: heartbeat_interval.as_millis(),
+                    }));
                     break;
                 }
             };
             match handle(&engine, conn, msg) {
                 Ok(()) => {}
-                Err(status) => {
-                    let _ = tx.send(Err(status));
+                Err(e) => {
+                    let _ = tx.send(Err(e));
                     break;
                 }
             }
@@ -121,21 +110,40 @@ pub async fn accept(
         let _ = engine.send(Cmd::Disconnect { conn });
         tracing::info!(worker_id = %hello.worker_id, "worker disconnected");
     });
-    Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+    Ok(Box::pin(
+        UnboundedReceiverStream::new(rx).map(|item| item.map_err(Status::from)),
+    ))
 }
 
-fn lease(field: &str, l: Option<pb::LeaseRef>) -> Result<Lease, Status> {
-    let l = l.ok_or_else(|| Status::invalid_argument(format!("{field}: is required")))?;
-    if l.task_id.is_empty() || l.lease_id.is_empty() || l.attempt == 0 {
-        return Err(Status::invalid_argument(format!(
-            "{field}: task_id, attempt and lease_id are required"
+/// The stream's first message: a hello from the worker the caller is.
+fn hello(caller: &Caller, first: Option<pb::WorkRequest>) -> Result<pb::WorkerHello> {
+    let Some(pb::WorkRequest {
+        msg: Some(pb::work_request::Msg::Hello(hello)),
+    }) = first
+    else {
+        return Err(FieldError::new("hello", "the first message must be hello").into());
+    };
+    if hello.worker_id != caller.peer.name() {
+        return Err(Error::PermissionDenied(format!(
+            "hello.worker_id: {:?} is not your identity {}",
+            hello.worker_id, caller.peer
         )));
+    }
+    for (i, a) in hello.agents.iter().enumerate() {
+        validate::dns_label(&format!("hello.agents[{i}]"), a)?;
+    }
+    Ok(hello)
+}
+
+fn lease(field: &str, l: Option<pb::LeaseRef>) -> Result<Lease> {
+    let l = validate::present(field, l)?;
+    if l.task_id.is_empty() || l.lease_id.is_empty() || l.attempt == 0 {
+        return Err(FieldError::new(field, "task_id, attempt and lease_id are required").into());
     }
     // Ids are ours (UUIDs); anything longer or with a NUL cannot name a
     // lease, and must not reach a batch where the database would refuse it.
     for (name, v) in [("task_id", &l.task_id), ("lease_id", &l.lease_id)] {
-        validate::max_bytes(&format!("{field}.{name}"), v, 64)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate::max_bytes(&format!("{field}.{name}"), v, 64)?;
     }
     Ok(Lease {
         task_id: l.task_id,
@@ -144,14 +152,12 @@ fn lease(field: &str, l: Option<pb::LeaseRef>) -> Result<Lease, Status> {
     })
 }
 
-fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<(), Status> {
+fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<()> {
     use pb::work_request::Msg;
     let cmd = match msg.msg {
-        None => return Err(Status::invalid_argument("msg: is required")),
+        None => return Err(FieldError::new("msg", "is required").into()),
         Some(Msg::Hello(_)) => {
-            return Err(Status::invalid_argument(
-                "hello: only the first message may be hello",
-            ));
+            return Err(FieldError::new("hello", "only the first message may be hello").into());
         }
         Some(Msg::Credit(c)) => Cmd::Credit { conn, n: c.credits },
         Some(Msg::Heartbeat(h)) => Cmd::Heartbeat {
@@ -200,9 +206,9 @@ fn handle(engine: &Engine, conn: u64, msg: pb::WorkRequest) -> Result<(), Status
                     retryable: e.retryable,
                 }),
                 None => {
-                    return Err(Status::invalid_argument(
-                        "result.outcome: output or error is required",
-                    ));
+                    return Err(
+                        FieldError::new("result.outcome", "output or error is required").into(),
+                    );
                 }
             };
             Cmd::Result {

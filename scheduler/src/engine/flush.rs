@@ -9,9 +9,9 @@ use std::time::Duration;
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::time::{now_ms, to_timestamp};
-use tonic::Status;
 
 use super::{Core, Held, MAX_SLEEP, ReplyTo, SubmitReply, lease_ref};
+use crate::error::{Error, Result};
 use crate::model::*;
 use crate::store::{Applied, Batch, Claim, Op, OpResult, Submit};
 
@@ -119,34 +119,29 @@ impl Core {
             .collect()
     }
 
-    fn failed(
-        &mut self,
-        e: crate::error::Error,
-        submit_replies: Vec<SubmitReply>,
-        op_replies: Vec<ReplyTo>,
-    ) {
+    fn failed(&mut self, e: Error, submit_replies: Vec<SubmitReply>, op_replies: Vec<ReplyTo>) {
         tracing::error!(error = %e, "scheduler batch failed; callers are told to retry");
-        let status = Status::from(e);
+        let told = e.clone().retry_later();
         for reply in submit_replies {
-            let _ = reply.send(Err(status.clone()));
+            let _ = reply.send(Err(told.clone()));
         }
         for to in op_replies {
             match to {
                 ReplyTo::Rpc(reply) => {
-                    let _ = reply.send(Err(status.clone()));
+                    let _ = reply.send(Err(told.clone()));
                 }
                 // The worker re-sends what was not acknowledged, and its
                 // leases are reconciled again, when it reconnects.
                 ReplyTo::Result { conn, .. }
                 | ReplyTo::Heartbeat { conn, .. }
-                | ReplyTo::Reconcile { conn } => self.close(conn, status.clone()),
+                | ReplyTo::Reconcile { conn } => self.close(conn, e.clone()),
                 ReplyTo::Nobody => {}
             }
         }
     }
 
     /// Applies a batch, retrying lost races and deadlocks a few times.
-    async fn apply(&self, batch: Batch) -> crate::error::Result<Applied> {
+    async fn apply(&self, batch: Batch) -> Result<Applied> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -265,7 +260,7 @@ impl Core {
                             .insert(task.id.clone(), held(&lease, task.run_id.clone()));
                         true
                     } else {
-                        self.close(conn, Status::unavailable("stream closed"));
+                        self.close(conn, Error::Unavailable("stream closed".into()));
                         false
                     }
                 }
