@@ -1,10 +1,10 @@
-//! `devcycle login`, `logout`, `whoami`, `sessions`, `user` and `audit`:
-//! identity at the gateway.
+//! `devcycle login`, `logout` and `whoami`: identity at the gateway. The
+//! `sessions`, `user` and `audit` commands are in `crate::cmd`.
 
 use std::io::BufRead;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use devcycle::authz::Role;
 use devcycle::config::Config;
 use devcycle::proto::auth::v1 as pb;
@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::connect::{Clients, gateway_ca, gateway_channel};
 use crate::credentials::Credentials;
 use crate::output;
-use crate::page::paginate;
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -34,41 +33,7 @@ pub struct LoginArgs {
     bootstrap: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum SessionsCmd {
-    /// Your sessions, one per device.
-    List,
-    /// Ends one session.
-    Revoke { session_id: String },
-    /// Ends every session but this one.
-    RevokeAll,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum UserCmd {
-    /// Creates a user (admins only); the password is read from stdin.
-    Create {
-        name: String,
-        /// admin, maintainer, developer, viewer or worker; repeatable.
-        #[arg(long = "role", required = true)]
-        roles: Vec<String>,
-    },
-    List,
-}
-
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    #[arg(long)]
-    actor: Option<String>,
-    /// Full method, e.g. /devcycle.scheduler.v1.Scheduler/CancelRun.
-    #[arg(long)]
-    method: Option<String>,
-    /// At most this many (newest first); 0 lists all.
-    #[arg(long, default_value_t = 50)]
-    limit: u32,
-}
-
-fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
+pub fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
     let p = if from_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -80,13 +45,13 @@ fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
     Ok(p)
 }
 
-fn role(name: &str) -> anyhow::Result<i32> {
+pub fn role(name: &str) -> anyhow::Result<i32> {
     Role::parse(name).map(Role::to_proto).ok_or_else(|| {
         anyhow::anyhow!("unknown role {name:?}: admin, maintainer, developer, viewer or worker")
     })
 }
 
-fn role_name(r: i32) -> String {
+pub fn role_name(r: i32) -> String {
     Role::from_proto(r).map_or_else(|| r.to_string(), |r| r.as_str().to_owned())
 }
 
@@ -165,168 +130,6 @@ pub async fn whoami(clients: &Clients, as_json: bool) -> anyhow::Result<()> {
             me.subject,
             roles.join(", "),
             me.session_id
-        );
-    }
-    Ok(())
-}
-
-pub async fn sessions(cmd: SessionsCmd, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
-    let mut auth = clients.auth()?;
-    match cmd {
-        SessionsCmd::List => {
-            let list = auth
-                .list_sessions(pb::ListSessionsRequest {})
-                .await?
-                .into_inner()
-                .sessions;
-            if as_json {
-                output::json(&serde_json::Value::Array(
-                    list.iter()
-                        .map(|s| json!({"id": s.id, "device": s.device, "client_address": s.client_address,
-                            "created": output::time(&s.create_time), "last_used": output::time(&s.last_used_time),
-                            "expires": output::time(&s.expire_time), "current": s.current}))
-                        .collect(),
-                ));
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            format!("{}{}", s.id, if s.current { " *" } else { "" }),
-                            s.device.clone(),
-                            output::or_dash(&s.client_address),
-                            output::time(&s.last_used_time),
-                            output::time(&s.expire_time),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &["SESSION", "DEVICE", "ADDRESS", "LAST USED", "EXPIRES"],
-                    &rows,
-                );
-            }
-        }
-        SessionsCmd::Revoke { session_id } => {
-            auth.revoke_session(pb::RevokeSessionRequest { session_id })
-                .await?;
-            println!("revoked");
-        }
-        SessionsCmd::RevokeAll => {
-            let n = auth
-                .revoke_all_sessions(pb::RevokeAllSessionsRequest { keep_current: true })
-                .await?
-                .into_inner()
-                .revoked;
-            println!("revoked {n} sessions");
-        }
-    }
-    Ok(())
-}
-
-pub async fn users(cmd: UserCmd, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
-    let mut auth = clients.auth()?;
-    match cmd {
-        UserCmd::Create { name, roles } => {
-            let password = read_password(true, "")?;
-            let roles = roles
-                .iter()
-                .map(|r| role(r))
-                .collect::<anyhow::Result<_>>()?;
-            auth.create_user(pb::CreateUserRequest {
-                name: name.clone(),
-                password,
-                roles,
-            })
-            .await?;
-            println!("created {name}");
-        }
-        UserCmd::List => {
-            let users = paginate(None, async |page_token, page_size| {
-                let r = auth
-                    .list_users(pb::ListUsersRequest {
-                        page_size,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                Ok((r.users, r.next_page_token))
-            })
-            .await?;
-            if as_json {
-                output::json(&serde_json::Value::Array(
-                    users
-                        .iter()
-                        .map(|u| json!({"name": u.name, "roles": u.roles.iter().map(|r| role_name(*r)).collect::<Vec<_>>(), "totp": u.totp_enabled}))
-                        .collect(),
-                ));
-            } else {
-                let rows: Vec<Vec<String>> = users
-                    .iter()
-                    .map(|u| {
-                        vec![
-                            u.name.clone(),
-                            u.roles
-                                .iter()
-                                .map(|r| role_name(*r))
-                                .collect::<Vec<_>>()
-                                .join(","),
-                            if u.totp_enabled { "yes" } else { "no" }.into(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["USER", "ROLES", "TOTP"], &rows);
-            }
-        }
-    }
-    Ok(())
-}
-
-pub async fn audit(args: AuditArgs, clients: &Clients, as_json: bool) -> anyhow::Result<()> {
-    let mut audit = clients.audit()?;
-    let (actor, method) = (
-        args.actor.unwrap_or_default(),
-        args.method.unwrap_or_default(),
-    );
-    let limit = (args.limit > 0).then_some(args.limit as usize);
-    let events = paginate(limit, async |page_token, page_size| {
-        let r = audit
-            .list_audit_events(pb::ListAuditEventsRequest {
-                actor: actor.clone(),
-                method: method.clone(),
-                page_size,
-                page_token,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        Ok((r.events, r.next_page_token))
-    })
-    .await?;
-    if as_json {
-        output::json(&serde_json::Value::Array(
-            events
-                .iter()
-                .map(|e| json!({"id": e.id, "time": output::time(&e.time), "actor": e.actor, "method": e.method,
-                    "target": e.target, "status": e.status_code, "client_address": e.client_address}))
-                .collect(),
-        ));
-    } else {
-        let rows: Vec<Vec<String>> = events
-            .iter()
-            .map(|e| {
-                vec![
-                    output::time(&e.time),
-                    e.actor.clone(),
-                    e.method.rsplit('/').next().unwrap_or_default().to_owned(),
-                    output::or_dash(&e.target),
-                    e.status_code.clone(),
-                    e.client_address.clone(),
-                ]
-            })
-            .collect();
-        output::table(
-            &["TIME", "ACTOR", "METHOD", "TARGET", "STATUS", "ADDRESS"],
-            &rows,
         );
     }
     Ok(())

@@ -2,15 +2,14 @@
 
 mod agent;
 mod bench;
+mod cmd;
 mod connect;
 mod credentials;
 mod login;
-mod manifest;
 mod output;
 mod page;
 mod pki;
 mod up;
-mod workflow;
 
 use std::path::PathBuf;
 
@@ -108,30 +107,30 @@ enum Command {
     Whoami,
     /// Your sessions: list, revoke one, revoke all others.
     #[command(subcommand)]
-    Sessions(login::SessionsCmd),
+    Sessions(cmd::sessions::SessionsCmd),
     /// Users (admins).
     #[command(subcommand)]
-    User(login::UserCmd),
+    User(cmd::users::UserCmd),
     /// The audit log of mutating calls.
-    Audit(login::AuditArgs),
+    Audit(cmd::audit::AuditArgs),
     /// Workflows: submit, store, list.
     #[command(subcommand)]
-    Workflow(workflow::WorkflowCmd),
+    Workflow(cmd::workflows::WorkflowCmd),
     /// Runs: list, get, cancel, watch.
     #[command(subcommand)]
-    Run(workflow::RunCmd),
+    Run(cmd::runs::RunCmd),
     /// Tasks: submit one, list, retry, logs.
     #[command(subcommand)]
-    Task(workflow::TaskCmd),
+    Task(cmd::tasks::TaskCmd),
     /// The dead-letter queue.
     #[command(subcommand)]
-    Dlq(workflow::DlqCmd),
+    Dlq(cmd::dlq::DlqCmd),
     /// Agents: create, publish, deploy, roll back, find, check.
     #[command(subcommand)]
     Agent(agent::AgentCmd),
     /// Executors known to the registry.
     #[command(subcommand)]
-    Worker(agent::WorkerCmd),
+    Worker(cmd::workers::WorkerCmd),
     /// Measure the mesh: no-op tasks through client, scheduler and executor.
     Bench(bench::BenchArgs),
     /// Certificates of the mesh.
@@ -302,31 +301,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sessions(cmd) => {
             let clients = clients(&src).await?;
-            login::sessions(cmd, &clients, json).await
+            cmd::sessions::run(cmd, &clients, json).await
         }
         Command::User(cmd) => {
             let clients = clients(&src).await?;
-            login::users(cmd, &clients, json).await
+            cmd::users::run(cmd, &clients, json).await
         }
         Command::Audit(args) => {
             let clients = clients(&src).await?;
-            login::audit(args, &clients, json).await
+            cmd::audit::run(args, &clients, json).await
         }
         Command::Workflow(cmd) => {
             let clients = clients(&src).await?;
-            workflow::run_workflow(cmd, &clients, json).await
+            cmd::workflows::run(cmd, &clients, json).await
         }
         Command::Run(cmd) => {
             let clients = clients(&src).await?;
-            workflow::run_run(cmd, &clients, json).await
+            cmd::runs::run(cmd, &clients, json).await
         }
         Command::Task(cmd) => {
             let clients = clients(&src).await?;
-            workflow::run_task(cmd, &clients, json).await
+            cmd::tasks::run(cmd, &clients, json).await
         }
         Command::Dlq(cmd) => {
             let clients = clients(&src).await?;
-            workflow::run_dlq(cmd, &clients, json).await
+            cmd::dlq::run(cmd, &clients, json).await
         }
         Command::Agent(cmd) => {
             let clients = clients(&src).await?;
@@ -334,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(cmd) => {
             let clients = clients(&src).await?;
-            agent::run_worker(cmd, &clients, json).await
+            cmd::workers::run(cmd, &clients, json).await
         }
         Command::Bench(args) => bench::run(args, json).await,
         Command::Pki(cmd) => {

@@ -2,6 +2,33 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde_json::Value;
+
+/// How one item of a list command shows: a table row under fixed columns,
+/// and its `--json` form.
+pub trait Render {
+    fn columns() -> &'static [&'static str];
+    fn row(&self) -> Vec<String>;
+    fn json(&self) -> Value;
+}
+
+/// Prints a list: a JSON array with `--json` (an item whose form is `null`
+/// has nothing to show and is left out), else a table.
+pub fn print_list<T: Render>(items: &[T], as_json: bool) {
+    if as_json {
+        let v = items.iter().map(T::json).filter(|v| !v.is_null());
+        json(&Value::Array(v.collect()));
+    } else {
+        print_table(items);
+    }
+}
+
+/// Prints a list as a table whatever the format asked for.
+pub fn print_table<T: Render>(items: &[T]) {
+    let rows: Vec<Vec<String>> = items.iter().map(T::row).collect();
+    table(T::columns(), &rows);
+}
+
 /// Prints rows under a header with columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -27,7 +54,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub fn json(value: &serde_json::Value) {
+pub fn json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())

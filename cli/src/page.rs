@@ -1,8 +1,54 @@
 //! List commands page through the whole result: stopping at the server's
 //! page size would silently show part of it.
 
+use devcycle::proto::auth::v1 as auth;
+use devcycle::proto::registry::v1 as registry;
+use devcycle::proto::scheduler::v1 as scheduler;
+
 /// The largest page asked for; servers may return fewer.
 const PAGE: usize = 1000;
+
+/// A list call's response: one page of items and the next page's token.
+pub trait Page {
+    type Item;
+    fn split(self) -> (Vec<Self::Item>, String);
+}
+
+macro_rules! pages {
+    ($($response:ty => $field:ident: $item:ty),* $(,)?) => {$(
+        impl Page for $response {
+            type Item = $item;
+            fn split(self) -> (Vec<$item>, String) {
+                (self.$field, self.next_page_token)
+            }
+        }
+    )*};
+}
+
+pages! {
+    registry::ListAgentsResponse => agents: registry::Agent,
+    registry::ListVersionsResponse => versions: registry::AgentVersion,
+    registry::ListDeploymentsResponse => deployments: registry::Deployment,
+    registry::FindAgentsResponse => matches: registry::AgentMatch,
+    registry::ListWorkersResponse => workers: registry::Worker,
+    scheduler::ListWorkflowsResponse => workflows: scheduler::Workflow,
+    scheduler::ListRunsResponse => runs: scheduler::Run,
+    scheduler::ListTasksResponse => tasks: scheduler::Task,
+    scheduler::ListDeadLettersResponse => dead_letters: scheduler::DeadLetter,
+    auth::ListUsersResponse => users: auth::User,
+    auth::ListAuditEventsResponse => events: auth::AuditEvent,
+}
+
+/// [`paginate`] over a list call: `call(token, size)` asks for one page.
+pub async fn all<R: Page>(
+    limit: Option<usize>,
+    mut call: impl AsyncFnMut(String, i32) -> Result<tonic::Response<R>, tonic::Status>,
+) -> Result<Vec<R::Item>, tonic::Status> {
+    paginate(limit, async |token, size| {
+        Ok(call(token, size).await?.into_inner().split())
+    })
+    .await
+}
 
 /// Calls `page(token, size)` until the server returns an empty next-page
 /// token or `limit` items are gathered (`None`: everything).

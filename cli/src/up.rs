@@ -10,11 +10,11 @@ use devcycle::config::Config;
 use devcycle::mesh::DEV_CERT_LIFETIME;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::tls::CertificateAuthority;
+use devcycle_registry::manifest::Manifest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::Clients;
-use crate::manifest::Manifest;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -250,7 +250,7 @@ async fn demo(clients: &Clients, cwd: &Path) -> anyhow::Result<()> {
         .run
         .unwrap_or_default();
     println!("\ndemo: ci.yaml on {}\n", sample.display());
-    let run = crate::workflow::follow(clients, &run.id, 0, false, true).await?;
+    let run = crate::cmd::follow::follow(clients, &run.id, 0, false, true).await?;
     if let Some(report) = run.tasks.iter().find(|t| t.key == "report")
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&report.output)
         && let Some(md) = v.get("markdown").and_then(|m| m.as_str())
