@@ -94,6 +94,37 @@ impl MeshServer {
         self
     }
 
+    /// Refuses the certificates revoked in the mesh database, following it.
+    pub async fn follow_denylist(
+        self,
+        db: &crate::db::Database,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let list = crate::denylist::Denylist::follow(db.clone(), shutdown.clone()).await?;
+        Ok(self.denylist(list))
+    }
+
+    /// Serves `routes` in a task; once the drain has ended, `then` runs
+    /// (the service stops its own tasks and closes its database there).
+    pub fn start(
+        self,
+        routes: Routes,
+        shutdown: CancellationToken,
+        then: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Running> {
+        let addr = self.listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let res = self.serve(routes, shutdown).await;
+            then.await;
+            res
+        });
+        Ok(Running {
+            addr,
+            task,
+            extra: (),
+        })
+    }
+
     /// Serves `routes` until `shutdown` is cancelled and the drain ends.
     pub async fn serve(self, routes: Routes, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health, health_svc) = tonic_health::server::health_reporter();

@@ -103,7 +103,6 @@ impl Options {
 
 /// Starts serving; the returned task ends after `shutdown` and the drain.
 pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let addr = opts.listener.local_addr()?;
     let store = store::open(&opts.db).await?;
     let sweeper = liveness::spawn(
         Arc::clone(&store),
@@ -119,8 +118,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     let routes = tonic::service::Routes::new(
         AgentRegistryServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
-    let denylist = devcycle::denylist::Denylist::follow(opts.db.clone(), shutdown.clone()).await?;
-    let server = MeshServer::new(
+    let db = opts.db;
+    MeshServer::new(
         "registry",
         opts.listener,
         opts.tls,
@@ -129,18 +128,11 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         SERVICE_NAME,
     )
     .shutdown_after(opts.health_grace, opts.drain)
-    .denylist(denylist);
-    let db = opts.db;
-    let task = tokio::spawn(async move {
-        let res = server.serve(routes, shutdown).await;
+    .follow_denylist(&db, &shutdown)
+    .await?
+    .start(routes, shutdown, async move {
         let _ = sweeper.await;
         db.close().await;
-        res
-    });
-    Ok(Running {
-        addr,
-        task,
-        extra: (),
     })
 }
 

@@ -124,7 +124,6 @@ pub fn bus_from_config(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
 }
 
 pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let addr = opts.listener.local_addr()?;
     let hub = hub::Hub::new();
     let instance = uuid::Uuid::new_v4().simple().to_string();
     // An outbox and its relay only for a bus that leaves the process.
@@ -191,8 +190,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     let routes = tonic::service::Routes::new(
         SchedulerServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
-    let denylist = devcycle::denylist::Denylist::follow(opts.db.clone(), shutdown.clone()).await?;
-    let server = MeshServer::new(
+    let db = opts.db;
+    MeshServer::new(
         "scheduler",
         opts.listener,
         opts.tls,
@@ -201,12 +200,11 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         SERVICE_NAME,
     )
     .shutdown_after(opts.health_grace, opts.drain)
-    .denylist(denylist);
-    let db = opts.db;
-    let task = tokio::spawn(async move {
-        let res = server.serve(routes, shutdown).await;
-        // In-flight calls are done: stop the engine, then publish what it
-        // committed, then close the database.
+    .follow_denylist(&db, &shutdown)
+    .await?
+    // In-flight calls are done: stop the engine, then publish what it
+    // committed, then close the database.
+    .start(routes, shutdown, async move {
         engine_stop.cancel();
         let _ = engine_task.await;
         relay_stop.cancel();
@@ -214,12 +212,6 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
             let _ = relay.await;
         }
         db.close().await;
-        res
-    });
-    Ok(Running {
-        addr,
-        task,
-        extra: (),
     })
 }
 

@@ -111,28 +111,34 @@ async fn timers_fire_under_steady_traffic() {
     }
 }
 
+/// Submits `task`, lets worker `name` (session 1) lease it, then drops
+/// that worker's stream. Returns the run.
+async fn leased_then_dropped(
+    m: &Mesh,
+    c: &mut Client,
+    name: &str,
+    task: pb::SubmitTaskRequest,
+) -> pb::Run {
+    let w = m.raw_worker(&m.scheduler, name, 1, vec![]).await;
+    w.credit(1);
+    let run = c.submit_task(task).await.unwrap().into_inner().run.unwrap();
+    until(c, &run.id, Duration::from_secs(5), |r| {
+        r.tasks[0].state == pb::TaskState::Leased as i32
+    })
+    .await;
+    drop(w);
+    run
+}
+
 /// Defect: a committed lease that never reached the worker cost an
 /// attempt. The worker reconnects listing what it holds; the rest goes back
 /// unspent (here the only attempt allowed is still there).
 #[tokio::test]
 async fn a_lease_that_never_arrived_costs_no_attempt() {
     let m = Mesh::start(Db::Postgres).await;
-    let w = m.raw_worker(&m.scheduler, "flaky-net", 1, vec![]).await;
-    w.credit(1);
     let mut c = m.client();
-    let run = c
-        .submit_task(one("echo", 30_000, 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
-    until(&mut c, &run.id, Duration::from_secs(5), |r| {
-        r.tasks[0].state == pb::TaskState::Leased as i32
-    })
-    .await;
     // The stream breaks before the worker read the assignment.
-    drop(w);
+    let run = leased_then_dropped(&m, &mut c, "flaky-net", one("echo", 30_000, 1)).await;
     let mut w = m.raw_worker(&m.scheduler, "flaky-net", 2, vec![]).await;
     w.credit(1);
     let a = w.assignment(Duration::from_secs(5)).await;
@@ -152,21 +158,8 @@ async fn a_lease_that_never_arrived_costs_no_attempt() {
 #[tokio::test]
 async fn a_restarted_worker_loses_its_leases_at_once() {
     let m = Mesh::start(Db::Sqlite).await;
-    let w = m.raw_worker(&m.scheduler, "phoenix", 1, vec![]).await;
-    w.credit(1);
     let mut c = m.client();
-    let run = c
-        .submit_task(one("echo", 60_000, 3))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
-    until(&mut c, &run.id, Duration::from_secs(5), |r| {
-        r.tasks[0].state == pb::TaskState::Leased as i32
-    })
-    .await;
-    drop(w);
+    let run = leased_then_dropped(&m, &mut c, "phoenix", one("echo", 60_000, 3)).await;
     let _w = m.raw_worker(&m.scheduler, "phoenix", 1, vec![]).await;
     let r = until(&mut c, &run.id, Duration::from_secs(5), |r| {
         r.tasks[0].state != pb::TaskState::Leased as i32

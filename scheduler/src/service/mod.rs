@@ -42,150 +42,80 @@ fn check_id(field: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-#[tonic::async_trait]
-impl Scheduler for SchedulerService {
-    async fn put_workflow(
-        &self,
-        req: Request<pb::PutWorkflowRequest>,
-    ) -> Result<Response<pb::PutWorkflowResponse>, Status> {
-        let caller = Caller::of(&req)?.clone();
-        respond(workflows::put_workflow(self, &caller, req.into_inner()).await)
-    }
+/// The context a handler is given besides the request: nothing, the
+/// caller, the runs it may read, or the runs it may read and change.
+macro_rules! call {
+    (none, $svc:expr, $f:path, $req:ident) => {
+        $f($svc, $req.into_inner()).await
+    };
+    (caller, $svc:expr, $f:path, $req:ident) => {{
+        let caller = Caller::of(&$req)?.clone();
+        $f($svc, &caller, $req.into_inner()).await
+    }};
+    (read, $svc:expr, $f:path, $req:ident) => {{
+        let scope = owner_scope(&$req);
+        $f($svc, scope, $req.into_inner()).await
+    }};
+    (write, $svc:expr, $f:path, $req:ident) => {{
+        let scopes = write_scopes(&$req);
+        $f($svc, scopes, $req.into_inner()).await
+    }};
+}
 
-    async fn get_workflow(
-        &self,
-        req: Request<pb::GetWorkflowRequest>,
-    ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
-        respond(workflows::get_workflow(self, req.into_inner()).await)
-    }
+/// The trait impl: each method hands its request, with the context it
+/// names, to `<module>::<method>`, and answers through `respond`.
+macro_rules! rpcs {
+    ($($method:ident($ctx:ident) => $module:ident: $req:ident -> $res:ty,)* { $($rest:tt)* }) => {
+        #[tonic::async_trait]
+        impl Scheduler for SchedulerService {
+            $(
+                async fn $method(
+                    &self,
+                    req: Request<pb::$req>,
+                ) -> Result<Response<$res>, Status> {
+                    respond(call!($ctx, self, $module::$method, req))
+                }
+            )*
+            $($rest)*
+        }
+    };
+}
 
-    async fn list_workflows(
-        &self,
-        req: Request<pb::ListWorkflowsRequest>,
-    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
-        respond(workflows::list_workflows(self, req.into_inner()).await)
-    }
+rpcs! {
+    put_workflow(caller) => workflows: PutWorkflowRequest -> pb::PutWorkflowResponse,
+    get_workflow(none) => workflows: GetWorkflowRequest -> pb::GetWorkflowResponse,
+    list_workflows(none) => workflows: ListWorkflowsRequest -> pb::ListWorkflowsResponse,
+    submit_run(caller) => runs: SubmitRunRequest -> pb::SubmitRunResponse,
+    submit_task(caller) => runs: SubmitTaskRequest -> pb::SubmitTaskResponse,
+    get_run(read) => runs: GetRunRequest -> pb::GetRunResponse,
+    list_runs(read) => runs: ListRunsRequest -> pb::ListRunsResponse,
+    cancel_run(write) => runs: CancelRunRequest -> pb::CancelRunResponse,
+    watch_run(read) => runs: WatchRunRequest -> Self::WatchRunStream,
+    get_task(read) => tasks: GetTaskRequest -> pb::GetTaskResponse,
+    list_tasks(read) => tasks: ListTasksRequest -> pb::ListTasksResponse,
+    retry_task(write) => tasks: RetryTaskRequest -> pb::RetryTaskResponse,
+    get_task_logs(read) => tasks: GetTaskLogsRequest -> pb::GetTaskLogsResponse,
+    list_dead_letters(read) => tasks: ListDeadLettersRequest -> pb::ListDeadLettersResponse,
+    requeue_dead_letter(write) => tasks: RequeueDeadLetterRequest -> pb::RequeueDeadLetterResponse,
+    set_agent_rate_limit(none) => tasks: SetAgentRateLimitRequest -> pb::SetAgentRateLimitResponse,
+    {
+        type WatchRunStream = watch::RunEventStream;
+        type WorkStream = work::WorkStream;
 
-    async fn submit_run(
-        &self,
-        req: Request<pb::SubmitRunRequest>,
-    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
-        let caller = Caller::of(&req)?.clone();
-        respond(runs::submit_run(self, &caller, req.into_inner()).await)
-    }
-
-    async fn submit_task(
-        &self,
-        req: Request<pb::SubmitTaskRequest>,
-    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        let caller = Caller::of(&req)?.clone();
-        respond(runs::submit_task(self, &caller, req.into_inner()).await)
-    }
-
-    async fn get_run(
-        &self,
-        req: Request<pb::GetRunRequest>,
-    ) -> Result<Response<pb::GetRunResponse>, Status> {
-        let scope = owner_scope(&req);
-        respond(runs::get_run(self, scope, req.into_inner()).await)
-    }
-
-    async fn list_runs(
-        &self,
-        req: Request<pb::ListRunsRequest>,
-    ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let scope = owner_scope(&req);
-        respond(runs::list_runs(self, scope, req.into_inner()).await)
-    }
-
-    async fn cancel_run(
-        &self,
-        req: Request<pb::CancelRunRequest>,
-    ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let scopes = write_scopes(&req);
-        respond(runs::cancel_run(self, scopes, req.into_inner()).await)
-    }
-
-    type WatchRunStream = watch::RunEventStream;
-
-    async fn watch_run(
-        &self,
-        req: Request<pb::WatchRunRequest>,
-    ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let scope = owner_scope(&req);
-        respond(runs::watch_run(self, scope, req.into_inner()).await)
-    }
-
-    async fn get_task(
-        &self,
-        req: Request<pb::GetTaskRequest>,
-    ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let scope = owner_scope(&req);
-        respond(tasks::get_task(self, scope, req.into_inner()).await)
-    }
-
-    async fn list_tasks(
-        &self,
-        req: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let scope = owner_scope(&req);
-        respond(tasks::list_tasks(self, scope, req.into_inner()).await)
-    }
-
-    async fn retry_task(
-        &self,
-        req: Request<pb::RetryTaskRequest>,
-    ) -> Result<Response<pb::RetryTaskResponse>, Status> {
-        let scopes = write_scopes(&req);
-        respond(tasks::retry_task(self, scopes, req.into_inner()).await)
-    }
-
-    async fn get_task_logs(
-        &self,
-        req: Request<pb::GetTaskLogsRequest>,
-    ) -> Result<Response<pb::GetTaskLogsResponse>, Status> {
-        let scope = owner_scope(&req);
-        respond(tasks::get_task_logs(self, scope, req.into_inner()).await)
-    }
-
-    async fn list_dead_letters(
-        &self,
-        req: Request<pb::ListDeadLettersRequest>,
-    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        let scope = owner_scope(&req);
-        respond(tasks::list_dead_letters(self, scope, req.into_inner()).await)
-    }
-
-    async fn requeue_dead_letter(
-        &self,
-        req: Request<pb::RequeueDeadLetterRequest>,
-    ) -> Result<Response<pb::RequeueDeadLetterResponse>, Status> {
-        let scopes = write_scopes(&req);
-        respond(tasks::requeue_dead_letter(self, scopes, req.into_inner()).await)
-    }
-
-    async fn set_agent_rate_limit(
-        &self,
-        req: Request<pb::SetAgentRateLimitRequest>,
-    ) -> Result<Response<pb::SetAgentRateLimitResponse>, Status> {
-        respond(tasks::set_agent_rate_limit(self, req.into_inner()).await)
-    }
-
-    type WorkStream = work::WorkStream;
-
-    async fn work(
-        &self,
-        req: Request<Streaming<pb::WorkRequest>>,
-    ) -> Result<Response<Self::WorkStream>, Status> {
-        let caller = Caller::of(&req)?.clone();
-        work::accept(
-            &self.engine,
-            caller,
-            req.into_inner(),
-            self.heartbeat_interval,
-            self.shutdown.clone(),
-        )
-        .await
-        .map(Response::new)
+        async fn work(
+            &self,
+            req: Request<Streaming<pb::WorkRequest>>,
+        ) -> Result<Response<Self::WorkStream>, Status> {
+            let caller = Caller::of(&req)?.clone();
+            work::accept(
+                &self.engine,
+                caller,
+                req.into_inner(),
+                self.heartbeat_interval,
+                self.shutdown.clone(),
+            )
+            .await
+            .map(Response::new)
+        }
     }
 }
