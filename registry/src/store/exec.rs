@@ -1,4 +1,4 @@
-//! Runs the statements of `statements.rs` on either engine. Parameters travel
+//! Runs the statements of `sql.rs` on either engine. Parameters travel
 //! as [`Arg`]s and rows come back as any [`Record`], so the store is written
 //! once; the engines differ only in how a write transaction begins and how a
 //! commit is announced to other replicas ([`Tx::begin`], [`Tx::notify`]).

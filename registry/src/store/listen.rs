@@ -6,8 +6,8 @@ use sqlx::{Pool, Postgres};
 use tokio::sync::watch;
 
 use super::exec::{CHANNEL, On};
-use super::sql::advance;
-use super::statements::HEAD_REVISION;
+use super::sql::HEAD_REVISION;
+use super::sql_store::advance;
 
 /// Follows other replicas' commits through LISTEN/NOTIFY.
 /// After a lost connection it re-reads the head so that nothing committed

@@ -1,5 +1,5 @@
 //! The registry's storage: one trait, implemented for PostgreSQL and SQLite
-//! by the same statements (`statements.rs`, run by `sql.rs`), checked by one conformance suite
+//! by the same statements (`sql.rs`, run by `sql_store.rs`), checked by one conformance suite
 //! (`tests/conformance.rs`).
 //!
 //! Every mutation is one transaction that also appends its event to
@@ -13,7 +13,7 @@ mod exec;
 mod listen;
 mod rows;
 mod sql;
-mod statements;
+mod sql_store;
 
 use async_trait::async_trait;
 use devcycle::db::Database;
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::error::Result;
 use crate::model::*;
 
-pub use sql::SqlStore;
+pub use sql_store::SqlStore;
 
 /// A deployment to record.
 #[derive(Debug, Clone)]

@@ -1,551 +1,137 @@
-//! The registry store, written once for both engines over [`exec`]'s
-//! statement runner. Backend-specific code lives in `exec.rs` (beginning a
-//! write transaction, announcing a commit) and in `listen.rs` (following
-//! other PostgreSQL replicas).
+//! Every statement the registry runs, as text shared by both engines: SQLite
+//! accepts PostgreSQL's `$N` placeholders, so no rewriting is needed. The
+//! only dynamic statement, discovery, is assembled in `sql_store.rs` from the
+//! `FIND_*` pieces.
 
-use std::collections::BTreeMap;
+pub const HEAD_REVISION: &str = "SELECT COALESCE(MAX(revision), 0) FROM registry_events";
 
-use async_trait::async_trait;
-use devcycle::db::{Database, Failure, classify};
-use sqlx::AssertSqlSafe;
-use tokio::sync::watch;
+/// Takes the next revision; only correct under the write lock.
+pub const APPEND_EVENT: &str = "INSERT INTO registry_events \
+     (revision, kind, agent, version, worker_id, actor, time) \
+     SELECT COALESCE(MAX(revision), 0) + 1, $1, $2, $3, $4, $5, $6 FROM registry_events \
+     RETURNING revision";
 
-use super::exec::{Arg, Args, On, Tx};
-use super::listen::spawn_listener;
-use super::rows::*;
-use super::statements as sql;
-use super::{Dependent, NewDeployment, RegistryStore};
-use crate::error::{Error, Result};
-use crate::model::*;
+pub const EVENTS_AFTER: &str = "SELECT revision, kind, agent, version, worker_id, actor, time \
+     FROM registry_events \
+     WHERE revision > $1 AND ($2 = '' OR agent = $2) ORDER BY revision LIMIT $3";
 
-pub struct SqlStore {
-    db: Database,
-    revisions: watch::Sender<i64>,
-}
+pub const AGENT_BY_NAME: &str = "SELECT a.name, a.owner, a.description, a.labels, a.live_version, \
+     a.create_time, a.update_time \
+     FROM registry_agents a WHERE a.name = $1";
 
-impl SqlStore {
-    /// Reads the head revision; on PostgreSQL, also starts following the
-    /// commits of other replicas.
-    pub async fn new(db: &Database) -> Result<Self> {
-        let head = On::Pool(db).scalar(sql::HEAD_REVISION, vec![]).await?;
-        let (tx, _) = watch::channel(head);
-        if let Database::Postgres(pool) = db {
-            spawn_listener(pool.clone(), tx.clone());
-        }
-        Ok(Self {
-            db: db.clone(),
-            revisions: tx,
-        })
-    }
+pub const LIST_AGENTS: &str = "SELECT a.name, a.owner, a.description, a.labels, a.live_version, \
+     a.create_time, a.update_time \
+     FROM registry_agents a WHERE ($1 = '' OR a.owner = $1) AND a.name > $2 \
+     ORDER BY a.name LIMIT $3";
 
-    fn read(&self) -> On<'_> {
-        On::Pool(&self.db)
-    }
+pub const INSERT_AGENT: &str = "INSERT INTO registry_agents \
+     (name, owner, description, labels, live_version, create_time, update_time) \
+     VALUES ($1, $2, $3, $4, NULL, $5, $5)";
 
-    async fn begin(&self) -> Result<Tx> {
-        Tx::begin(&self.db).await
-    }
+pub const UPDATE_AGENT: &str = "UPDATE registry_agents \
+     SET owner = $2, description = $3, labels = $4, update_time = $5 WHERE name = $1";
 
-    /// Appends an event under the write lock; returns its revision.
-    async fn append(tx: &mut Tx, event: &NewEvent, actor: &str, now: i64) -> Result<i64> {
-        let args = event_args(event, actor, now);
-        let rev = On::Tx(tx).scalar(sql::APPEND_EVENT, args).await?;
-        tx.notify(rev).await?;
-        Ok(rev)
-    }
+pub const DELETE_AGENT: &str = "DELETE FROM registry_agents WHERE name = $1";
 
-    /// Appends `events`, commits and tells local watchers.
-    async fn commit(&self, mut tx: Tx, events: &[NewEvent], actor: &str, now: i64) -> Result<i64> {
-        let mut rev = 0;
-        for e in events {
-            rev = Self::append(&mut tx, e, actor, now).await?;
-        }
-        tx.commit().await?;
-        advance(&self.revisions, rev);
-        Ok(rev)
-    }
+pub const DELETE_LABELS: &str = "DELETE FROM registry_agent_labels WHERE agent = $1";
 
-    async fn agent_in(tx: &mut Tx, name: &str) -> Result<Option<Agent>> {
-        On::Tx(tx)
-            .optional::<AgentRow>(sql::AGENT_BY_NAME, vec![name.into()])
-            .await?
-            .map(Agent::try_from)
-            .transpose()
-    }
+pub const INSERT_LABEL: &str =
+    "INSERT INTO registry_agent_labels (agent, key, value) VALUES ($1, $2, $3)";
 
-    async fn put_labels(tx: &mut Tx, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
-        On::Tx(tx)
-            .execute(sql::DELETE_LABELS, vec![name.into()])
-            .await?;
-        for (k, v) in labels {
-            let args = vec![name.into(), k.into(), v.into()];
-            On::Tx(tx).execute(sql::INSERT_LABEL, args).await?;
-        }
-        Ok(())
-    }
-}
+/// Agents whose live version depends on `$1`.
+pub const LIVE_DEPENDENTS: &str = "SELECT a.name, d.version, d.requirement \
+     FROM registry_agents a JOIN registry_dependencies d \
+     ON d.agent = a.name AND d.version = a.live_version \
+     WHERE d.dep_agent = $1 ORDER BY a.name";
 
-/// Publishes a committed revision to local watchers; never moves back.
-pub(super) fn advance(tx: &watch::Sender<i64>, revision: i64) {
-    tx.send_if_modified(|cur| {
-        if revision > *cur {
-            *cur = revision;
-            true
-        } else {
-            false
-        }
-    });
-}
+pub const INSERT_VERSION: &str = "INSERT INTO registry_versions \
+     (agent, version, spec, publish_time, published_by) VALUES ($1, $2, $3, $4, $5)";
 
-/// Maps a unique violation to ALREADY_EXISTS with `message`.
-fn unique(e: Error, message: impl FnOnce() -> String) -> Error {
-    match &e {
-        Error::Database(inner) if classify(inner) == Failure::UniqueViolation => {
-            Error::AlreadyExists(message())
-        }
-        _ => e,
-    }
-}
+pub const INSERT_CAPABILITY: &str =
+    "INSERT INTO registry_capabilities (agent, version, capability) VALUES ($1, $2, $3)";
 
-/// Discovery: agents with a live version, filtered by capability and labels.
-fn find_statement(
-    capability: Option<&str>,
-    labels: &[(String, String)],
-    after: Option<&str>,
-    limit: usize,
-) -> (String, Args) {
-    let mut text = sql::FIND_AGENTS.to_owned();
-    let mut args: Args = vec![after.unwrap_or("").into()];
-    let mut bind = |text: &mut String, arg: Arg| {
-        args.push(arg);
-        text.push_str(&format!("${}", args.len()));
-    };
-    if let Some(c) = capability {
-        text.push_str(sql::FIND_CAPABILITY);
-        bind(&mut text, c.into());
-        text.push(')');
-    }
-    for (k, v) in labels {
-        text.push_str(sql::FIND_LABEL);
-        bind(&mut text, k.into());
-        text.push_str(sql::FIND_LABEL_VALUE);
-        bind(&mut text, v.into());
-        text.push(')');
-    }
-    text.push_str(sql::FIND_ORDER);
-    bind(&mut text, (limit as i64).into());
-    (text, args)
-}
+pub const INSERT_DEPENDENCY: &str = "INSERT INTO registry_dependencies \
+     (agent, version, dep_agent, requirement) VALUES ($1, $2, $3, $4)";
 
-#[async_trait]
-impl RegistryStore for SqlStore {
-    async fn create_agent(&self, a: &AgentFields, actor: &str, now: i64) -> Result<Agent> {
-        let mut tx = self.begin().await?;
-        On::Tx(&mut tx)
-            .execute(sql::INSERT_AGENT, new_agent_args(a, now))
-            .await
-            .map_err(|e| unique(e, || format!("agent {} already exists", a.name)))?;
-        Self::put_labels(&mut tx, &a.name, &a.labels).await?;
-        let event = NewEvent::agent(EventKind::AgentCreated, &a.name);
-        self.commit(tx, &[event], actor, now).await?;
-        Ok(Agent {
-            name: a.name.clone(),
-            owner: a.owner.clone(),
-            description: a.description.clone(),
-            labels: a.labels.clone(),
-            live_version: None,
-            create_time: now,
-            update_time: now,
-        })
-    }
+pub const VERSION: &str = "SELECT agent, version, spec, publish_time, published_by \
+     FROM registry_versions WHERE agent = $1 AND version = $2";
 
-    async fn get_agent(&self, name: &str) -> Result<Option<Agent>> {
-        self.read()
-            .optional::<AgentRow>(sql::AGENT_BY_NAME, vec![name.into()])
-            .await?
-            .map(Agent::try_from)
-            .transpose()
-    }
+pub const VERSIONS_OF: &str = "SELECT agent, version, spec, publish_time, published_by \
+     FROM registry_versions WHERE agent = $1";
 
-    async fn list_agents(
-        &self,
-        owner: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Agent>> {
-        let args = vec![
-            owner.unwrap_or("").into(),
-            after.unwrap_or("").into(),
-            (limit as i64).into(),
-        ];
-        records::<AgentRow, _>(self.read().all(sql::LIST_AGENTS, args).await?)
-    }
+pub const VERSION_EXISTS: &str =
+    "SELECT version FROM registry_versions WHERE agent = $1 AND version = $2";
 
-    async fn update_agent(
-        &self,
-        name: &str,
-        patch: &AgentPatch,
-        actor: &str,
-        now: i64,
-    ) -> Result<Agent> {
-        let mut tx = self.begin().await?;
-        let mut agent = Self::agent_in(&mut tx, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("agent {name} does not exist")))?;
-        if let Some(owner) = &patch.owner {
-            agent.owner = owner.clone();
-        }
-        if let Some(d) = &patch.description {
-            agent.description = d.clone();
-        }
-        if let Some(labels) = &patch.labels {
-            agent.labels = labels.clone();
-            Self::put_labels(&mut tx, name, labels).await?;
-        }
-        agent.update_time = now;
-        On::Tx(&mut tx)
-            .execute(sql::UPDATE_AGENT, agent_update_args(&agent))
-            .await?;
-        let event = NewEvent::agent(EventKind::AgentUpdated, name);
-        self.commit(tx, &[event], actor, now).await?;
-        Ok(agent)
-    }
+pub const INSERT_DEPLOYMENT: &str = "INSERT INTO registry_deployments \
+     (agent, version, previous_version, kind, actor, deploy_time, revision) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
 
-    async fn delete_agent(&self, name: &str, actor: &str, now: i64) -> Result<()> {
-        let mut tx = self.begin().await?;
-        if Self::agent_in(&mut tx, name).await?.is_none() {
-            return Err(Error::NotFound(format!("agent {name} does not exist")));
-        }
-        let dependents: Vec<(String, String, String)> = On::Tx(&mut tx)
-            .all(sql::LIVE_DEPENDENTS, vec![name.into()])
-            .await?;
-        if !dependents.is_empty() {
-            let names: Vec<String> = dependents.into_iter().map(|d| d.0).collect();
-            return Err(Error::FailedPrecondition(format!(
-                "agent {name} is a dependency of the live versions of: {}",
-                names.join(", ")
-            )));
-        }
-        On::Tx(&mut tx)
-            .execute(sql::DELETE_AGENT, vec![name.into()])
-            .await?;
-        let event = NewEvent::agent(EventKind::AgentDeleted, name);
-        self.commit(tx, &[event], actor, now).await?;
-        Ok(())
-    }
+pub const SET_LIVE_VERSION: &str =
+    "UPDATE registry_agents SET live_version = $2, update_time = $3 WHERE name = $1";
 
-    async fn publish_version(&self, v: &AgentVersion, actor: &str) -> Result<()> {
-        let mut tx = self.begin().await?;
-        if Self::agent_in(&mut tx, &v.agent).await?.is_none() {
-            return Err(Error::NotFound(format!(
-                "version.agent: agent {} does not exist",
-                v.agent
-            )));
-        }
-        for (i, d) in v.spec.dependencies.iter().enumerate() {
-            if Self::agent_in(&mut tx, &d.agent).await?.is_none() {
-                return Err(Error::FailedPrecondition(format!(
-                    "version.dependencies[{i}].agent: agent {} does not exist",
-                    d.agent
-                )));
-            }
-        }
-        let version = v.version.to_string();
-        On::Tx(&mut tx)
-            .execute(sql::INSERT_VERSION, version_args(v))
-            .await
-            .map_err(|e| {
-                unique(e, || {
-                    format!(
-                        "version {version} of agent {} is already published; versions are immutable",
-                        v.agent
-                    )
-                })
-            })?;
-        for c in &v.spec.capabilities {
-            let args = vec![(&v.agent).into(), (&version).into(), c.into()];
-            On::Tx(&mut tx)
-                .execute(sql::INSERT_CAPABILITY, args)
-                .await?;
-        }
-        for d in &v.spec.dependencies {
-            let args = vec![
-                (&v.agent).into(),
-                (&version).into(),
-                (&d.agent).into(),
-                (&d.requirement).into(),
-            ];
-            On::Tx(&mut tx)
-                .execute(sql::INSERT_DEPENDENCY, args)
-                .await?;
-        }
-        let event = NewEvent::version(EventKind::VersionPublished, &v.agent, &version);
-        self.commit(tx, &[event], actor, v.publish_time).await?;
-        Ok(())
-    }
+pub const CURRENT_DEPLOYMENT: &str = "SELECT id, agent, version, previous_version, kind, actor, \
+     deploy_time, revision \
+     FROM registry_deployments WHERE agent = $1 ORDER BY id DESC LIMIT 1";
 
-    async fn get_version(&self, agent: &str, version: &str) -> Result<Option<AgentVersion>> {
-        self.read()
-            .optional::<VersionRow>(sql::VERSION, vec![agent.into(), version.into()])
-            .await?
-            .map(AgentVersion::try_from)
-            .transpose()
-    }
+pub const LAST_DEPLOYMENT_OF: &str = "SELECT id, agent, version, previous_version, kind, actor, \
+     deploy_time, revision \
+     FROM registry_deployments WHERE agent = $1 AND version = $2 ORDER BY id DESC LIMIT 1";
 
-    async fn list_versions(&self, agent: &str) -> Result<Vec<AgentVersion>> {
-        let rows = self
-            .read()
-            .all(sql::VERSIONS_OF, vec![agent.into()])
-            .await?;
-        records::<VersionRow, _>(rows)
-    }
+pub const LIST_DEPLOYMENTS: &str = "SELECT id, agent, version, previous_version, kind, actor, \
+     deploy_time, revision \
+     FROM registry_deployments WHERE agent = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
 
-    async fn record_deployment(
-        &self,
-        d: &NewDeployment,
-        expected_live: Option<&str>,
-        actor: &str,
-        now: i64,
-    ) -> Result<Deployment> {
-        let mut tx = self.begin().await?;
-        let agent = Self::agent_in(&mut tx, &d.agent)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("agent {} does not exist", d.agent)))?;
-        if agent.live_version.as_deref() != expected_live {
-            return Err(Error::Aborted(format!(
-                "the live version of {} changed concurrently (now {}); retry",
-                d.agent,
-                agent.live_version.as_deref().unwrap_or("none")
-            )));
-        }
-        let exists: Option<(String,)> = On::Tx(&mut tx)
-            .optional(
-                sql::VERSION_EXISTS,
-                vec![(&d.agent).into(), (&d.version).into()],
-            )
-            .await?;
-        if exists.is_none() {
-            return Err(Error::NotFound(format!(
-                "version: {} of agent {} is not published",
-                d.version, d.agent
-            )));
-        }
-        let kind = match d.kind {
-            DeployKind::Deploy => EventKind::Deployed,
-            DeployKind::Rollback => EventKind::RolledBack,
-        };
-        let event = NewEvent::version(kind, &d.agent, &d.version);
-        let revision = Self::append(&mut tx, &event, actor, now).await?;
-        let args = deployment_args(d, actor, now, revision);
-        let id = On::Tx(&mut tx).scalar(sql::INSERT_DEPLOYMENT, args).await?;
-        let args = vec![(&d.agent).into(), (&d.version).into(), now.into()];
-        On::Tx(&mut tx).execute(sql::SET_LIVE_VERSION, args).await?;
-        tx.commit().await?;
-        advance(&self.revisions, revision);
-        Ok(Deployment {
-            id,
-            agent: d.agent.clone(),
-            version: d.version.clone(),
-            previous_version: d.previous_version.clone(),
-            kind: d.kind,
-            actor: actor.to_owned(),
-            deploy_time: now,
-            revision,
-        })
-    }
+/// Discovery starts here; `$1` is the name to list after.
+pub const FIND_AGENTS: &str = "SELECT a.name, a.owner, a.description, a.labels, a.live_version, \
+     a.create_time, a.update_time, \
+     v.version AS v_version, v.spec AS v_spec, \
+     v.publish_time AS v_publish_time, v.published_by AS v_published_by \
+     FROM registry_agents a JOIN registry_versions v \
+     ON v.agent = a.name AND v.version = a.live_version WHERE a.name > $1";
 
-    async fn current_deployment(&self, agent: &str) -> Result<Option<Deployment>> {
-        let row: Option<DeploymentRow> = self
-            .read()
-            .optional(sql::CURRENT_DEPLOYMENT, vec![agent.into()])
-            .await?;
-        Ok(row.map(Deployment::from))
-    }
+/// Followed by the capability's placeholder and `)`.
+pub const FIND_CAPABILITY: &str = " AND EXISTS (SELECT 1 FROM registry_capabilities c \
+     WHERE c.agent = a.name AND c.version = a.live_version AND c.capability = ";
 
-    async fn last_deployment_of(&self, agent: &str, version: &str) -> Result<Option<Deployment>> {
-        let args = vec![agent.into(), version.into()];
-        let row: Option<DeploymentRow> =
-            self.read().optional(sql::LAST_DEPLOYMENT_OF, args).await?;
-        Ok(row.map(Deployment::from))
-    }
+/// Followed by the key's placeholder, [`FIND_LABEL_VALUE`], the value's and `)`.
+pub const FIND_LABEL: &str =
+    " AND EXISTS (SELECT 1 FROM registry_agent_labels l WHERE l.agent = a.name AND l.key = ";
 
-    async fn live_dependents(&self, agent: &str) -> Result<Vec<Dependent>> {
-        let rows: Vec<(String, String, String)> = self
-            .read()
-            .all(sql::LIVE_DEPENDENTS, vec![agent.into()])
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(agent, version, requirement)| Dependent {
-                agent,
-                version,
-                requirement,
-            })
-            .collect())
-    }
+pub const FIND_LABEL_VALUE: &str = " AND l.value = ";
 
-    async fn list_deployments(
-        &self,
-        agent: &str,
-        before: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<Deployment>> {
-        let args = vec![
-            agent.into(),
-            before.unwrap_or(i64::MAX).into(),
-            (limit as i64).into(),
-        ];
-        let rows: Vec<DeploymentRow> = self.read().all(sql::LIST_DEPLOYMENTS, args).await?;
-        Ok(rows.into_iter().map(Deployment::from).collect())
-    }
+pub const FIND_ORDER: &str = " ORDER BY a.name LIMIT ";
 
-    async fn find_agents(
-        &self,
-        capability: Option<&str>,
-        labels: &[(String, String)],
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(Agent, AgentVersion)>> {
-        let (text, args) = find_statement(capability, labels, after, limit);
-        records::<FoundRow, _>(self.read().all(AssertSqlSafe(text), args).await?)
-    }
+pub const UPSERT_WORKER: &str = "INSERT INTO registry_workers \
+     (id, agents, capacity, in_flight, address, labels, state, register_time, last_heartbeat) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'up', $7, $7) \
+     ON CONFLICT (id) DO UPDATE SET agents = excluded.agents, capacity = excluded.capacity, \
+     in_flight = excluded.in_flight, address = excluded.address, labels = excluded.labels, \
+     state = 'up', register_time = excluded.register_time, \
+     last_heartbeat = excluded.last_heartbeat";
 
-    async fn register_worker(&self, w: &Worker, actor: &str) -> Result<Worker> {
-        let mut tx = self.begin().await?;
-        On::Tx(&mut tx)
-            .execute(sql::UPSERT_WORKER, worker_args(w))
-            .await?;
-        On::Tx(&mut tx)
-            .execute(sql::DELETE_WORKER_AGENTS, vec![(&w.id).into()])
-            .await?;
-        for a in &w.agents {
-            let args = vec![(&w.id).into(), a.into()];
-            On::Tx(&mut tx)
-                .execute(sql::INSERT_WORKER_AGENT, args)
-                .await?;
-        }
-        let event = NewEvent::worker(EventKind::WorkerUp, &w.id);
-        self.commit(tx, &[event], actor, w.register_time).await?;
-        Ok(Worker {
-            state: WorkerState::Up,
-            last_heartbeat: w.register_time,
-            ..w.clone()
-        })
-    }
+pub const DELETE_WORKER_AGENTS: &str = "DELETE FROM registry_worker_agents WHERE worker_id = $1";
 
-    async fn heartbeat(
-        &self,
-        id: &str,
-        in_flight: u32,
-        draining: bool,
-        now: i64,
-    ) -> Result<Option<Worker>> {
-        let mut tx = self.begin().await?;
-        let row: Option<WorkerRow> = On::Tx(&mut tx)
-            .optional(sql::WORKER, vec![id.into()])
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let mut worker = Worker::try_from(row)?;
-        let state = if draining {
-            WorkerState::Draining
-        } else {
-            WorkerState::Up
-        };
-        let args = vec![
-            id.into(),
-            i64::from(in_flight).into(),
-            state.as_str().into(),
-            now.into(),
-        ];
-        On::Tx(&mut tx).execute(sql::HEARTBEAT, args).await?;
-        let changed = worker.state != state;
-        worker.state = state;
-        worker.in_flight = in_flight;
-        worker.last_heartbeat = now;
-        let events: &[NewEvent] = if changed {
-            let kind = match state {
-                WorkerState::Draining => EventKind::WorkerDraining,
-                _ => EventKind::WorkerUp,
-            };
-            &[NewEvent::worker(kind, id)]
-        } else {
-            &[]
-        };
-        self.commit(tx, events, &format!("worker/{id}"), now)
-            .await?;
-        Ok(Some(worker))
-    }
+pub const INSERT_WORKER_AGENT: &str =
+    "INSERT INTO registry_worker_agents (worker_id, agent) VALUES ($1, $2)";
 
-    async fn deregister_worker(&self, id: &str, actor: &str, now: i64) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let done = On::Tx(&mut tx)
-            .execute(sql::DELETE_WORKER, vec![id.into()])
-            .await?
-            > 0;
-        let events: &[NewEvent] = if done {
-            &[NewEvent::worker(EventKind::WorkerDeregistered, id)]
-        } else {
-            &[]
-        };
-        self.commit(tx, events, actor, now).await?;
-        Ok(done)
-    }
+pub const WORKER: &str = "SELECT id, agents, capacity, in_flight, address, labels, state, \
+     register_time, last_heartbeat \
+     FROM registry_workers WHERE id = $1";
 
-    async fn list_workers(
-        &self,
-        agent: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Worker>> {
-        let args = vec![
-            agent.unwrap_or("").into(),
-            after.unwrap_or("").into(),
-            (limit as i64).into(),
-        ];
-        records::<WorkerRow, _>(self.read().all(sql::LIST_WORKERS, args).await?)
-    }
+pub const HEARTBEAT: &str = "UPDATE registry_workers \
+     SET in_flight = $2, state = $3, last_heartbeat = $4 WHERE id = $1";
 
-    async fn mark_down(&self, stale_before: i64, now: i64) -> Result<Vec<String>> {
-        let mut tx = self.begin().await?;
-        let ids: Vec<(String,)> = On::Tx(&mut tx)
-            .all(sql::STALE_WORKERS, vec![stale_before.into()])
-            .await?;
-        let ids: Vec<String> = ids.into_iter().map(|(id,)| id).collect();
-        if ids.is_empty() {
-            return Ok(ids);
-        }
-        On::Tx(&mut tx)
-            .execute(sql::MARK_DOWN, vec![stale_before.into()])
-            .await?;
-        let events: Vec<NewEvent> = ids
-            .iter()
-            .map(|id| NewEvent::worker(EventKind::WorkerDown, id))
-            .collect();
-        self.commit(tx, &events, "svc/registry", now).await?;
-        Ok(ids)
-    }
+pub const DELETE_WORKER: &str = "DELETE FROM registry_workers WHERE id = $1";
 
-    async fn events_after(
-        &self,
-        after: i64,
-        agent: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Event>> {
-        let args = vec![
-            after.into(),
-            agent.unwrap_or("").into(),
-            (limit as i64).into(),
-        ];
-        records::<EventRow, _>(self.read().all(sql::EVENTS_AFTER, args).await?)
-    }
+/// Workers that serve `$1`, or every agent (no list), or all when `$1` is empty.
+pub const LIST_WORKERS: &str = "SELECT w.id, w.agents, w.capacity, w.in_flight, w.address, \
+     w.labels, w.state, w.register_time, w.last_heartbeat \
+     FROM registry_workers w WHERE w.id > $2 AND ($1 = '' OR w.agents = '[]' OR EXISTS \
+     (SELECT 1 FROM registry_worker_agents wa WHERE wa.worker_id = w.id AND wa.agent = $1)) \
+     ORDER BY w.id LIMIT $3";
 
-    async fn head_revision(&self) -> Result<i64> {
-        self.read().scalar(sql::HEAD_REVISION, vec![]).await
-    }
+pub const STALE_WORKERS: &str = "SELECT id FROM registry_workers \
+     WHERE state <> 'down' AND last_heartbeat < $1 ORDER BY id";
 
-    fn revisions(&self) -> watch::Receiver<i64> {
-        self.revisions.subscribe()
-    }
-}
+pub const MARK_DOWN: &str = "UPDATE registry_workers SET state = 'down' \
+     WHERE state <> 'down' AND last_heartbeat < $1";
