@@ -52,7 +52,11 @@ pub fn role(name: &str) -> anyhow::Result<i32> {
 }
 
 pub fn role_name(r: i32) -> String {
-    Role::from_proto(r).map_or_else(|| r.to_string(), |r| r.as_str().to_owned())
+    match Role::from_proto(r) {
+        Some(role) => role.as_str().to_owned(),
+        None if r == pb::Role::Unspecified as i32 => "unspecified".to_owned(),
+        None => r.to_string(),
+    }
 }
 
 pub async fn login(config: &Config, args: LoginArgs) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use devcycle::proto::registry::v1 as pb;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Dependency, Limits};
 
@@ -112,6 +112,51 @@ pub enum HttpProtocol {
     OpenaiChat,
 }
 
+/// `limits` and `dependencies` are the model's own types, which stay
+/// lenient for specs other versions stored; a manifest is a person's file,
+/// so unknown keys there are refused as everywhere else in it.
+fn check_model_keys(doc: &serde_yaml::Value) -> anyhow::Result<()> {
+    let dependency = Dependency {
+        agent: String::new(),
+        requirement: String::new(),
+    };
+    let deps = doc.get("dependencies").and_then(|d| d.as_sequence());
+    let sections = doc
+        .get("limits")
+        .map(|l| ("limits".to_owned(), l, keys_of(&Limits::default())))
+        .into_iter()
+        .chain(
+            deps.into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, d)| (format!("dependencies[{i}]"), d, keys_of(&dependency))),
+        );
+    for (field, value, known) in sections {
+        let Some(map) = value.as_mapping() else {
+            continue;
+        };
+        for key in map.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if !known.iter().any(|k| k == key) {
+                let expected = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>();
+                bail!(
+                    "{field}: unknown field `{key}`, expected one of {}",
+                    expected.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keys `v` serialises to.
+fn keys_of(v: &impl Serialize) -> Vec<String> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => m.into_iter().map(|(k, _)| k).collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl Manifest {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
@@ -128,6 +173,7 @@ impl Manifest {
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let m: Self = serde_yaml::from_str(text)?;
+        check_model_keys(&serde_yaml::from_str(text)?)?;
         let r = &m.runtime;
         let kinds = [r.process.is_some(), r.http.is_some(), r.builtin.is_some()];
         if kinds.iter().filter(|k| **k).count() != 1 {
@@ -235,5 +281,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("capabilites"), "{err}");
+    }
+
+    #[test]
+    fn unknown_limit_and_dependency_keys_are_named() {
+        let base = "name: a\nowner: b\nversion: 1.0.0\nruntime: {builtin: {name: noop}}\n";
+        let err = Manifest::parse(&format!("{base}limits: {{wall_time: 5}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits: unknown field `wall_time`"), "{err}");
+        let err = Manifest::parse(&format!(
+            "{base}dependencies: [{{agent: x, requirement: '^1', optional: true}}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("dependencies[0]: unknown field `optional`"),
+            "{err}"
+        );
+        let ok = Manifest::parse(&format!(
+            "{base}limits: {{wall_time_ms: 5}}\ndependencies: [{{agent: x, requirement: '^1'}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.limits.wall_time_ms, 5);
     }
 }

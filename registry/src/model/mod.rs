@@ -74,10 +74,10 @@ pub enum HttpProtocol {
     OpenaiChat,
 }
 
-/// Also read from agent manifests, hence strict about unknown keys; stored
-/// specs always carry every field.
+/// Lenient about unknown keys, so a replica reads specs a newer version
+/// wrote; agent manifests check their keys themselves (`manifest.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Limits {
     pub wall_time_ms: u64,
     pub memory_bytes: u64,
@@ -87,9 +87,8 @@ pub struct Limits {
     pub max_output_bytes: u64,
 }
 
-/// Also read from agent manifests, hence strict about unknown keys.
+/// Lenient like [`Limits`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Dependency {
     pub agent: String,
     pub requirement: String,
