@@ -33,9 +33,6 @@ pub fn identity(
         ca.ensure_identity(&dir, id, &dev_hosts(), DEV_CERT_LIFETIME)?;
     }
     let tls = MeshTls::from_files(config.identity_files(id), &config.trust_domain)?;
-    tls.spawn_reloader(
-        Duration::from_millis(config.tls.reload_interval_ms),
-        cancel.clone(),
-    );
+    tls.spawn_reloader(config.tls.reload_interval, cancel.clone());
     Ok(tls)
 }

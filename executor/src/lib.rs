@@ -87,9 +87,9 @@ impl Options {
             agents: e.agents.clone(),
             caps: Capabilities::detect(&e.bwrap, e.cgroups),
             limits: Limits {
-                wall: Duration::from_millis(l.wall_time_ms),
+                wall: l.wall_time,
                 memory_bytes: l.memory_bytes,
-                cpu_time: Duration::from_millis(l.cpu_time_ms),
+                cpu_time: l.cpu_time,
                 max_processes: l.max_processes,
                 max_open_files: l.max_open_files,
                 max_output_bytes: l.max_output_bytes,
@@ -101,7 +101,7 @@ impl Options {
             } else {
                 PathBuf::from(&e.work_dir)
             },
-            drain: Duration::from_millis(e.drain_ms),
+            drain: e.drain,
             gateway: config.service_id("gateway"),
             grants: runtime::Grants {
                 secrets: e.secrets.clone(),

@@ -64,7 +64,7 @@ impl ExternalIssuer {
             // the environment names (loopback http would travel in clear).
             .no_proxy()
             .build()?;
-        let refresh = Duration::from_secs(cfg.jwks_refresh_s.max(1).into());
+        let refresh = cfg.jwks_refresh.max(Duration::from_secs(1));
         Ok(Arc::new(Self {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),

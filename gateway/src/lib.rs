@@ -169,9 +169,9 @@ impl Options {
             issuer: g.issuer.clone(),
             audience: g.audience.clone(),
             life: Lifetimes {
-                access_s: i64::from(g.access_ttl_s),
-                idle_s: i64::from(g.session_idle_s),
-                absolute_s: i64::from(g.session_absolute_s),
+                access_s: whole_secs(g.access_ttl),
+                idle_s: whole_secs(g.session_idle),
+                absolute_s: whole_secs(g.session_absolute),
             },
             external,
             ca,
@@ -183,9 +183,14 @@ impl Options {
             max_concurrent_streams: g.max_concurrent_streams,
             admin_password: Some(g.admin_password.clone()).filter(|p| !p.is_empty()),
             revocation_sync: Duration::from_millis(250),
-            drain: Duration::from_millis(config.shutdown.drain_ms),
+            drain: config.shutdown.drain,
         })
     }
+}
+
+/// Token lifetimes are whole seconds (the configuration refuses finer).
+fn whole_secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// A JWK as RFC 7517 JSON: empty members left out.

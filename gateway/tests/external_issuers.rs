@@ -138,7 +138,7 @@ fn issuer_config(url: &str, refresh_s: u32) -> devcycle::config::ExternalIssuerC
         audience: "devcycle-api".into(),
         jwks_url: url.into(),
         subject_prefix: "idp-".into(),
-        jwks_refresh_s: refresh_s,
+        jwks_refresh: Duration::from_secs(refresh_s.into()),
         roles_claim: "groups".into(),
         role_map: [
             ("eng".to_string(), vec!["developer".to_string()]),

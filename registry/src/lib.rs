@@ -90,13 +90,11 @@ impl Options {
             listener,
             tls,
             db,
-            heartbeat_interval: Duration::from_millis(u64::from(
-                config.registry.heartbeat_interval_ms,
-            )),
+            heartbeat_interval: config.registry.heartbeat_interval,
             missed_heartbeats: config.registry.missed_heartbeats,
             gateway: config.service_id("gateway"),
-            health_grace: config.health_grace(),
-            drain: config.drain(),
+            health_grace: config.shutdown.health_grace,
+            drain: config.shutdown.drain,
         })
     }
 }

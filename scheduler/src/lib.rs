@@ -104,12 +104,10 @@ impl Options {
             registry: config.scheduler.registry.clone(),
             bus,
             topic_prefix: config.kafka.topic_prefix.clone(),
-            heartbeat_interval: Duration::from_millis(u64::from(
-                config.scheduler.heartbeat_interval_ms,
-            )),
+            heartbeat_interval: config.scheduler.heartbeat_interval,
             gateway: config.service_id("gateway"),
-            health_grace: config.health_grace(),
-            drain: config.drain(),
+            health_grace: config.shutdown.health_grace,
+            drain: config.shutdown.drain,
         })
     }
 }

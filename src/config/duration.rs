@@ -5,8 +5,9 @@
 //! overrides an earlier one whichever spelling each uses. One source giving
 //! both spellings of a key is an error naming both.
 //!
-//! The Rust fields keep their integer types and legacy names so the crates
-//! that read them are unaffected; the `with` modules here translate.
+//! The Rust fields are [`Duration`]s named like their keys; the `with`
+//! modules here keep each key's granularity (whole milliseconds or whole
+//! seconds, as its legacy integer key had).
 
 use std::time::Duration;
 
@@ -156,44 +157,52 @@ fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_str(Human)
 }
 
-fn narrow<T: TryFrom<u128>, E: de::Error>(n: u128, exact: bool, unit: Unit) -> Result<T, E> {
+/// Refuses a duration finer than `unit`, or longer than its legacy integer
+/// key could hold (u64 milliseconds, u32 seconds).
+fn whole<E: de::Error>(d: Duration, unit: Unit) -> Result<Duration, E> {
+    let (exact, fits) = match unit {
+        Millis => (
+            d.subsec_nanos().is_multiple_of(1_000_000),
+            u64::try_from(d.as_millis()).is_ok(),
+        ),
+        Secs => (d.subsec_nanos() == 0, u32::try_from(d.as_secs()).is_ok()),
+    };
     if !exact {
         let unit = unit.name();
         return Err(E::custom(format!("must be a whole number of {unit}")));
     }
-    T::try_from(n).map_err(|_| E::custom("too long"))
+    if !fits {
+        return Err(E::custom("too long"));
+    }
+    Ok(d)
 }
 
-/// An integer of milliseconds, written as a humantime string.
-pub(super) mod millis {
+fn write<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// A humantime string of whole milliseconds.
+pub(super) mod whole_millis {
     use super::*;
 
-    pub fn serialize<T: Copy + Into<u64>, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        let d = Duration::from_millis((*v).into());
-        s.serialize_str(&humantime::format_duration(d).to_string())
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        write(d, s)
     }
 
-    pub fn deserialize<'de, T: TryFrom<u128>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
-        let d = parse(d)?;
-        narrow(
-            d.as_millis(),
-            d.subsec_nanos() % 1_000_000 == 0,
-            Unit::Millis,
-        )
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        whole(parse(d)?, Millis)
     }
 }
 
-/// An integer of seconds, written as a humantime string.
-pub(super) mod secs {
+/// A humantime string of whole seconds.
+pub(super) mod whole_secs {
     use super::*;
 
-    pub fn serialize<T: Copy + Into<u64>, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        let d = Duration::from_secs((*v).into());
-        s.serialize_str(&humantime::format_duration(d).to_string())
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        write(d, s)
     }
 
-    pub fn deserialize<'de, T: TryFrom<u128>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
-        let d = parse(d)?;
-        narrow(u128::from(d.as_secs()), d.subsec_nanos() == 0, Secs)
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        whole(parse(d)?, Secs)
     }
 }

@@ -34,10 +34,9 @@ pub struct ExecutorConfig {
     pub bwrap: String,
     /// Use a cgroup per task when the hierarchy is writable.
     pub cgroups: bool,
-    /// Running tasks may finish this long after SIGTERM (`drain`,
-    /// milliseconds here).
-    #[serde(rename = "drain", with = "duration::millis")]
-    pub drain_ms: u64,
+    /// Running tasks may finish this long after SIGTERM.
+    #[serde(with = "duration::whole_millis")]
+    pub drain: Duration,
     /// Defaults for agents that set no limits.
     pub limits: LimitsConfig,
     /// Executor environment variables agents may receive, by name: `${env:NAME}`
@@ -56,15 +55,14 @@ pub struct ExecutorConfig {
     pub allow_unsandboxed: bool,
 }
 
-/// Keys `wall_time` and `cpu_time`; milliseconds here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    #[serde(rename = "wall_time", with = "duration::millis")]
-    pub wall_time_ms: u64,
+    #[serde(with = "duration::whole_millis")]
+    pub wall_time: Duration,
     pub memory_bytes: u64,
-    #[serde(rename = "cpu_time", with = "duration::millis")]
-    pub cpu_time_ms: u64,
+    #[serde(with = "duration::whole_millis")]
+    pub cpu_time: Duration,
     pub max_processes: u32,
     pub max_open_files: u32,
     pub max_output_bytes: u64,
@@ -84,7 +82,7 @@ impl Default for ExecutorConfig {
             work_dir: String::new(),
             bwrap: "bwrap".into(),
             cgroups: true,
-            drain_ms: 30_000,
+            drain: Duration::from_secs(30),
             limits: LimitsConfig::default(),
             secrets: Vec::new(),
             secret_files: Vec::new(),
@@ -98,9 +96,9 @@ impl Default for ExecutorConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            wall_time_ms: 600_000,
+            wall_time: Duration::from_secs(600),
             memory_bytes: 1 << 30,
-            cpu_time_ms: 600_000,
+            cpu_time: Duration::from_secs(600),
             max_processes: 256,
             max_open_files: 1024,
             max_output_bytes: 1 << 20,
@@ -109,10 +107,6 @@ impl Default for LimitsConfig {
 }
 
 impl ExecutorConfig {
-    pub fn drain(&self) -> Duration {
-        Duration::from_millis(self.drain_ms)
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if crate::validate::dns_label("executor.worker_id", &self.worker_id).is_err() {
             return Err(invalid("executor.worker_id", "must be a DNS label"));
@@ -121,9 +115,9 @@ impl ExecutorConfig {
             return Err(invalid("executor.slots", "must be between 1 and 10000"));
         }
         let l = &self.limits;
-        if l.wall_time_ms == 0
+        if l.wall_time.is_zero()
             || l.memory_bytes < (1 << 20)
-            || l.cpu_time_ms < 1000
+            || l.cpu_time < Duration::from_secs(1)
             || l.max_processes == 0
             || l.max_open_files < 16
             || l.max_output_bytes == 0
@@ -134,14 +128,5 @@ impl ExecutorConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl LimitsConfig {
-    pub fn wall_time(&self) -> Duration {
-        Duration::from_millis(self.wall_time_ms)
-    }
-    pub fn cpu_time(&self) -> Duration {
-        Duration::from_millis(self.cpu_time_ms)
     }
 }

@@ -8,8 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigError, duration, invalid};
 use crate::authz::Role;
 
-/// Durations are keys `access_ttl`, `session_idle`, `session_absolute`;
-/// seconds here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
@@ -38,12 +36,12 @@ pub struct GatewayConfig {
     /// certificates (IssueCertificate); empty means the TLS directory when
     /// `tls.dev_ca` is set, else no certificates are issued.
     pub ca_dir: String,
-    #[serde(rename = "access_ttl", with = "duration::secs")]
-    pub access_ttl_s: u32,
-    #[serde(rename = "session_idle", with = "duration::secs")]
-    pub session_idle_s: u32,
-    #[serde(rename = "session_absolute", with = "duration::secs")]
-    pub session_absolute_s: u32,
+    #[serde(with = "duration::whole_secs")]
+    pub access_ttl: Duration,
+    #[serde(with = "duration::whole_secs")]
+    pub session_idle: Duration,
+    #[serde(with = "duration::whole_secs")]
+    pub session_absolute: Duration,
     /// Requests per second and burst, per principal and per client address.
     pub rate_per_principal: f64,
     pub burst_per_principal: u32,
@@ -69,10 +67,10 @@ pub struct ExternalIssuerConfig {
     pub audience: String,
     /// Prepended to `sub`, keeping external users apart from local ones.
     pub subject_prefix: String,
-    /// Longest interval between JWKS refreshes (`jwks_refresh`, seconds
-    /// here); a shorter `Cache-Control: max-age` from the issuer wins.
-    #[serde(rename = "jwks_refresh", with = "duration::secs")]
-    pub jwks_refresh_s: u32,
+    /// Longest interval between JWKS refreshes; a shorter
+    /// `Cache-Control: max-age` from the issuer wins.
+    #[serde(with = "duration::whole_secs")]
+    pub jwks_refresh: Duration,
     /// The token claim (a string or an array of strings) whose values are
     /// mapped to roles, e.g. `groups`.
     pub roles_claim: String,
@@ -111,7 +109,7 @@ impl Default for ExternalIssuerConfig {
             jwks_url: String::new(),
             audience: String::new(),
             subject_prefix: String::new(),
-            jwks_refresh_s: 300,
+            jwks_refresh: Duration::from_secs(300),
             roles_claim: "groups".into(),
             role_map: Default::default(),
         }
@@ -133,9 +131,9 @@ impl Default for GatewayConfig {
             audience: "devcycle".into(),
             signing_key: String::new(),
             ca_dir: String::new(),
-            access_ttl_s: 600,
-            session_idle_s: 7 * 24 * 3600,
-            session_absolute_s: 30 * 24 * 3600,
+            access_ttl: Duration::from_secs(600),
+            session_idle: Duration::from_secs(7 * 24 * 3600),
+            session_absolute: Duration::from_secs(30 * 24 * 3600),
             rate_per_principal: 200.0,
             burst_per_principal: 400,
             rate_per_address: 500.0,
@@ -148,23 +146,7 @@ impl Default for GatewayConfig {
     }
 }
 
-impl ExternalIssuerConfig {
-    pub fn jwks_refresh(&self) -> Duration {
-        Duration::from_secs(self.jwks_refresh_s.into())
-    }
-}
-
 impl GatewayConfig {
-    pub fn access_ttl(&self) -> Duration {
-        Duration::from_secs(self.access_ttl_s.into())
-    }
-    pub fn session_idle(&self) -> Duration {
-        Duration::from_secs(self.session_idle_s.into())
-    }
-    pub fn session_absolute(&self) -> Duration {
-        Duration::from_secs(self.session_absolute_s.into())
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         for o in &self.allowed_origins {
             let ok = (o.starts_with("https://") || o.starts_with("http://"))
@@ -188,11 +170,10 @@ impl GatewayConfig {
                 "must start with redis:// or rediss://",
             ));
         }
-        if !(60..=3600).contains(&self.access_ttl_s) {
+        if !(Duration::from_secs(60)..=Duration::from_secs(3600)).contains(&self.access_ttl) {
             return Err(invalid("gateway.access_ttl", "must be between 1m and 1h"));
         }
-        if self.session_idle_s < self.access_ttl_s || self.session_absolute_s < self.session_idle_s
-        {
+        if self.session_idle < self.access_ttl || self.session_absolute < self.session_idle {
             return Err(invalid(
                 "gateway.session_idle",
                 "access_ttl <= session_idle <= session_absolute must hold",
@@ -237,7 +218,7 @@ impl GatewayConfig {
                     ),
                 ));
             }
-            if e.roles_claim.is_empty() || e.jwks_refresh_s == 0 {
+            if e.roles_claim.is_empty() || e.jwks_refresh.is_zero() {
                 return Err(invalid(
                     "gateway.external_issuers",
                     format!("entry {i}: roles_claim and a positive jwks_refresh are required"),

@@ -17,7 +17,6 @@ mod tests;
 mod tls;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -195,13 +194,6 @@ impl Config {
 
     pub fn identity_files(&self, id: &SpiffeId) -> IdentityFiles {
         IdentityFiles::in_dir(&self.tls_dir(), id)
-    }
-
-    pub fn health_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown.health_grace_ms)
-    }
-    pub fn drain(&self) -> Duration {
-        Duration::from_millis(self.shutdown.drain_ms)
     }
 }
 

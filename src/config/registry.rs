@@ -13,9 +13,9 @@ pub struct RegistryConfig {
     pub listen: SocketAddr,
     /// Overrides `database_url` for the registry.
     pub database_url: String,
-    /// How often workers heartbeat (`heartbeat_interval`, milliseconds here).
-    #[serde(rename = "heartbeat_interval", with = "duration::millis")]
-    pub heartbeat_interval_ms: u32,
+    /// How often workers heartbeat.
+    #[serde(with = "duration::whole_millis")]
+    pub heartbeat_interval: Duration,
     /// A worker is DOWN after this many missed heartbeats.
     pub missed_heartbeats: u32,
 }
@@ -25,19 +25,17 @@ impl Default for RegistryConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             database_url: String::new(),
-            heartbeat_interval_ms: 5_000,
+            heartbeat_interval: Duration::from_secs(5),
             missed_heartbeats: 3,
         }
     }
 }
 
 impl RegistryConfig {
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.into())
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !(100..=600_000).contains(&self.heartbeat_interval_ms) {
+        if !(Duration::from_millis(100)..=Duration::from_secs(600))
+            .contains(&self.heartbeat_interval)
+        {
             return Err(invalid(
                 "registry.heartbeat_interval",
                 "must be between 100ms and 10m",

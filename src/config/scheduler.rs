@@ -15,10 +15,9 @@ pub struct SchedulerConfig {
     pub database_url: String,
     /// host:port of the registry, to resolve agents.
     pub registry: String,
-    /// How often workers heartbeat their leases (`heartbeat_interval`,
-    /// milliseconds here).
-    #[serde(rename = "heartbeat_interval", with = "duration::millis")]
-    pub heartbeat_interval_ms: u32,
+    /// How often workers heartbeat their leases.
+    #[serde(with = "duration::whole_millis")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -27,18 +26,16 @@ impl Default for SchedulerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7402)),
             database_url: String::new(),
             registry: "127.0.0.1:7401".into(),
-            heartbeat_interval_ms: 5_000,
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
 
 impl SchedulerConfig {
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.into())
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !(100..=600_000).contains(&self.heartbeat_interval_ms) {
+        if !(Duration::from_millis(100)..=Duration::from_secs(600))
+            .contains(&self.heartbeat_interval)
+        {
             return Err(invalid(
                 "scheduler.heartbeat_interval",
                 "must be between 100ms and 10m",

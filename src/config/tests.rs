@@ -1,6 +1,8 @@
 //! Loading, layering and validation; durations in both spellings.
 #![allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 
+use std::time::Duration;
+
 use super::*;
 
 #[test]
@@ -16,7 +18,7 @@ fn layers_apply_in_order_and_errors_name_the_key() {
             .merge(Serialized::default("registry.missed_heartbeats", 7));
         let c = Config::from_figment(f).expect("valid");
         assert_eq!(c.trust_domain, "file.local");
-        assert_eq!(c.registry.heartbeat_interval_ms, 3000);
+        assert_eq!(c.registry.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(c.registry.missed_heartbeats, 7);
 
         jail.set_env("DEVCYCLE_REGISTRY__MISSED_HEARTBEATS", "0");
@@ -93,15 +95,17 @@ fn durations_take_humantime_strings() {
         )?;
         jail.set_env("DEVCYCLE_SHUTDOWN__DRAIN", "1m 30s");
         let c = Config::load(Some(Path::new("d.toml"))).expect("valid");
-        assert_eq!(c.registry.heartbeat_interval(), Duration::from_secs(2));
-        assert_eq!(c.gateway.access_ttl_s, 900);
-        assert_eq!(c.gateway.session_idle_s, 24 * 3600);
-        assert_eq!(c.executor.limits.wall_time_ms, 90 * 60_000);
-        assert_eq!(c.gateway.external_issuers[0].jwks_refresh_s, 60);
-        assert_eq!(c.drain(), Duration::from_secs(90));
+        assert_eq!(c.registry.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.gateway.access_ttl, Duration::from_secs(900));
+        assert_eq!(c.gateway.session_idle, Duration::from_secs(24 * 3600));
+        assert_eq!(c.executor.limits.wall_time, Duration::from_secs(90 * 60));
+        let issuer = &c.gateway.external_issuers[0];
+        assert_eq!(issuer.jwks_refresh, Duration::from_secs(60));
+        assert_eq!(c.shutdown.drain, Duration::from_secs(90));
         // Defaults survive the round trip through their humantime form.
-        assert_eq!(c.scheduler.heartbeat_interval_ms, 5_000);
-        assert_eq!(c.gateway.session_absolute_s, 30 * 24 * 3600);
+        assert_eq!(c.scheduler.heartbeat_interval, Duration::from_secs(5));
+        let month = Duration::from_secs(30 * 24 * 3600);
+        assert_eq!(c.gateway.session_absolute, month);
         Ok(())
     });
 }
@@ -116,12 +120,13 @@ fn legacy_integer_keys_still_work_in_files_and_environment() {
         jail.set_env("DEVCYCLE_SCHEDULER__HEARTBEAT_INTERVAL_MS", "700");
         jail.set_env("DEVCYCLE_TLS__RELOAD_INTERVAL_MS", "250");
         let c = Config::load(Some(Path::new("d.toml"))).expect("valid");
-        assert_eq!(c.registry.heartbeat_interval_ms, 2000);
-        assert_eq!(c.gateway.access_ttl_s, 900);
-        assert_eq!(c.executor.limits.cpu_time_ms, 5000);
-        assert_eq!(c.gateway.external_issuers[0].jwks_refresh_s, 60);
-        assert_eq!(c.scheduler.heartbeat_interval_ms, 700);
-        assert_eq!(c.tls.reload_interval(), Duration::from_millis(250));
+        assert_eq!(c.registry.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.gateway.access_ttl, Duration::from_secs(900));
+        assert_eq!(c.executor.limits.cpu_time, Duration::from_secs(5));
+        let issuer = &c.gateway.external_issuers[0];
+        assert_eq!(issuer.jwks_refresh, Duration::from_secs(60));
+        assert_eq!(c.scheduler.heartbeat_interval, Duration::from_millis(700));
+        assert_eq!(c.tls.reload_interval, Duration::from_millis(250));
         Ok(())
     });
 }
@@ -140,7 +145,7 @@ fn both_spellings_in_one_source_are_refused_and_later_layers_win() {
         jail.create_file("new.toml", "[shutdown]\ndrain = \"5s\"\n")?;
         jail.set_env("DEVCYCLE_SHUTDOWN__DRAIN_MS", "7000");
         let c = Config::load(Some(Path::new("new.toml"))).expect("valid");
-        assert_eq!(c.shutdown.drain_ms, 7000);
+        assert_eq!(c.shutdown.drain, Duration::from_secs(7));
         jail.create_file("old.toml", "[shutdown]\ndrain_ms = 5000\n")?;
         jail.set_env("DEVCYCLE_SHUTDOWN__DRAIN", "3s");
         let err = Config::load(Some(Path::new("old.toml")))
@@ -153,7 +158,7 @@ fn both_spellings_in_one_source_are_refused_and_later_layers_win() {
         jail.clear_env();
         jail.set_env("DEVCYCLE_SHUTDOWN__DRAIN", "3s");
         let c = Config::load(Some(Path::new("old.toml"))).expect("valid");
-        assert_eq!(c.shutdown.drain_ms, 3000);
+        assert_eq!(c.shutdown.drain, Duration::from_secs(3));
         Ok(())
     });
 }
@@ -176,6 +181,13 @@ fn bad_durations_name_the_key() {
         let err = load_err("frac.toml");
         assert!(
             err.contains("gateway.access_ttl") && err.contains("whole number of seconds"),
+            "{err}"
+        );
+
+        jail.create_file("us.toml", "[shutdown]\ndrain = \"1500us\"\n")?;
+        let err = load_err("us.toml");
+        assert!(
+            err.contains("shutdown.drain") && err.contains("whole number of milliseconds"),
             "{err}"
         );
 

@@ -14,10 +14,9 @@ pub struct TlsConfig {
     pub dir: String,
     /// Create a development CA and certificates in `dir` when missing.
     pub dev_ca: bool,
-    /// How often certificate files are checked for changes
-    /// (`reload_interval`, milliseconds here).
-    #[serde(rename = "reload_interval", with = "duration::millis")]
-    pub reload_interval_ms: u64,
+    /// How often certificate files are checked for changes.
+    #[serde(with = "duration::whole_millis")]
+    pub reload_interval: Duration,
 }
 
 impl Default for TlsConfig {
@@ -25,18 +24,15 @@ impl Default for TlsConfig {
         Self {
             dir: String::new(),
             dev_ca: false,
-            reload_interval_ms: 5_000,
+            reload_interval: Duration::from_secs(5),
         }
     }
 }
 
 impl TlsConfig {
-    pub fn reload_interval(&self) -> Duration {
-        Duration::from_millis(self.reload_interval_ms)
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !(100..=600_000).contains(&self.reload_interval_ms) {
+        if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&self.reload_interval)
+        {
             return Err(invalid(
                 "tls.reload_interval",
                 "must be between 100ms and 10m",
