@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod denylist;
 pub mod identity;
+pub mod kinds;
 pub mod mesh;
 pub mod page;
 pub mod proto;

@@ -18,6 +18,53 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::telemetry::GrpcMetricsLayer;
 use crate::tls::{MeshTls, incoming};
 
+/// Where and how a mesh service listens: the part of its options every
+/// service has.
+pub struct Endpoint {
+    pub listener: TcpListener,
+    pub tls: Arc<MeshTls>,
+    /// The only peer whose forwarded end-user principal is trusted.
+    pub gateway: SpiffeId,
+    pub health_grace: Duration,
+    pub drain: Duration,
+}
+
+impl Endpoint {
+    /// The endpoint of service `name` as configured, on `listener`.
+    pub fn from_config(
+        config: &crate::config::Config,
+        name: &str,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            listener,
+            tls: crate::mesh::identity(config, &config.service_id(name), shutdown)?,
+            gateway: config.service_id("gateway"),
+            health_grace: config.shutdown.health_grace,
+            drain: config.shutdown.drain,
+        })
+    }
+
+    /// A server for `name` on this endpoint, reporting `health_name`.
+    pub fn server(
+        self,
+        name: &'static str,
+        policy: Policy,
+        health_name: &'static str,
+    ) -> MeshServer {
+        MeshServer::new(
+            name,
+            self.listener,
+            self.tls,
+            policy,
+            self.gateway,
+            health_name,
+        )
+        .shutdown_after(self.health_grace, self.drain)
+    }
+}
+
 /// One mesh gRPC server.
 pub struct MeshServer {
     /// Name in logs and metrics, e.g. "registry".

@@ -453,7 +453,7 @@ impl Worker {
                 .is_some_and(|r| r.lost.load(Ordering::Relaxed));
             if running.is_some_and(|r| r.drained.load(Ordering::Relaxed)) {
                 done.outcome = Err(runtime::Failure {
-                    kind: DRAINED.into(),
+                    kind: devcycle::kinds::WORKER_DRAINED.into(),
                     message: "the executor was draining and stopped the task at its deadline"
                         .into(),
                     retryable: true,
@@ -492,17 +492,13 @@ fn report_to(st: &State, lease: pb::LeaseRef, done: Finished, took: Duration) {
     });
 }
 
-/// The failure kind of a task a drain stopped: retryable, and it counts as
-/// an attempt (the task had started).
-pub const DRAINED: &str = "worker_drained";
-
 fn msg(m: pb::work_request::Msg) -> pb::WorkRequest {
     pb::WorkRequest { msg: Some(m) }
 }
 
 /// Stops taking work and waits for running tasks up to `deadline`; what is
 /// still running then is stopped and reported as a retryable failure
-/// ([`DRAINED`]): it had started, so it is not handed back as unstarted.
+/// ([`devcycle::kinds::WORKER_DRAINED`]): it had started, so it is not handed back as unstarted.
 /// Returns how many tasks were running when the drain began.
 pub async fn drain(state: &Arc<State>, deadline: Duration) -> u32 {
     state.draining.store(true, Ordering::Relaxed);

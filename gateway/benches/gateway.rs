@@ -161,14 +161,16 @@ async fn run() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry = devcycle_registry::start(
         devcycle_registry::Options {
-            listener,
-            tls: identity(&ca, Kind::Service, "registry"),
+            endpoint: devcycle::server::Endpoint {
+                listener,
+                tls: identity(&ca, Kind::Service, "registry"),
+                gateway: TestPki::id(Kind::Service, "gateway"),
+                health_grace: Duration::ZERO,
+                drain: Duration::from_secs(1),
+            },
             db: devcycle::db::Database::open(&db_url).await.unwrap(),
             heartbeat_interval: Duration::from_secs(5),
             missed_heartbeats: 3,
-            gateway: TestPki::id(Kind::Service, "gateway"),
-            health_grace: Duration::ZERO,
-            drain: Duration::from_secs(1),
         },
         stop.clone(),
     )

@@ -16,11 +16,9 @@ use std::time::Duration;
 use devcycle::authz::Policy;
 use devcycle::config::Config;
 use devcycle::db::Database;
-use devcycle::identity::SpiffeId;
 use devcycle::proto::registry::v1::agent_registry_server::{AgentRegistryServer, SERVICE_NAME};
-use devcycle::server::MeshServer;
+use devcycle::server::Endpoint;
 pub use devcycle::server::Running;
-use devcycle::tls::MeshTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,14 +65,10 @@ pub fn policy() -> Policy {
 /// Everything the registry needs to run; `from_config` builds it for
 /// binaries, tests build it directly.
 pub struct Options {
-    pub listener: TcpListener,
-    pub tls: Arc<MeshTls>,
+    pub endpoint: Endpoint,
     pub db: Database,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: u32,
-    pub gateway: SpiffeId,
-    pub health_grace: Duration,
-    pub drain: Duration,
 }
 
 impl Options {
@@ -84,17 +78,13 @@ impl Options {
         listener: TcpListener,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let tls = devcycle::mesh::identity(config, &config.service_id("registry"), shutdown)?;
+        let endpoint = Endpoint::from_config(config, "registry", listener, shutdown)?;
         let db = Database::open(&config.database_url_for(&config.registry.database_url)).await?;
         Ok(Self {
-            listener,
-            tls,
+            endpoint,
             db,
             heartbeat_interval: config.registry.heartbeat_interval,
             missed_heartbeats: config.registry.missed_heartbeats,
-            gateway: config.service_id("gateway"),
-            health_grace: config.shutdown.health_grace,
-            drain: config.shutdown.drain,
         })
     }
 }
@@ -117,21 +107,14 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         AgentRegistryServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
     let db = opts.db;
-    MeshServer::new(
-        "registry",
-        opts.listener,
-        opts.tls,
-        policy(),
-        opts.gateway,
-        SERVICE_NAME,
-    )
-    .shutdown_after(opts.health_grace, opts.drain)
-    .follow_denylist(&db, &shutdown)
-    .await?
-    .start(routes, shutdown, async move {
-        let _ = sweeper.await;
-        db.close().await;
-    })
+    opts.endpoint
+        .server("registry", policy(), SERVICE_NAME)
+        .follow_denylist(&db, &shutdown)
+        .await?
+        .start(routes, shutdown, async move {
+            let _ = sweeper.await;
+            db.close().await;
+        })
 }
 
 /// Serves the registry as configured until `shutdown`.

@@ -29,9 +29,8 @@ use devcycle::db::Database;
 use devcycle::identity::SpiffeId;
 use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
 use devcycle::proto::scheduler::v1::scheduler_server::{SERVICE_NAME, SchedulerServer};
-use devcycle::server::MeshServer;
+use devcycle::server::Endpoint;
 pub use devcycle::server::Running;
-use devcycle::tls::MeshTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -75,17 +74,13 @@ pub fn policy() -> Policy {
 
 /// Everything the scheduler needs to run.
 pub struct Options {
-    pub listener: TcpListener,
-    pub tls: Arc<MeshTls>,
+    pub endpoint: Endpoint,
     pub db: Database,
     /// host:port of the registry.
     pub registry: String,
     pub bus: Arc<dyn EventBus>,
     pub topic_prefix: String,
     pub heartbeat_interval: Duration,
-    pub gateway: SpiffeId,
-    pub health_grace: Duration,
-    pub drain: Duration,
 }
 
 impl Options {
@@ -95,19 +90,15 @@ impl Options {
         bus: Arc<dyn EventBus>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let tls = devcycle::mesh::identity(config, &config.service_id("scheduler"), shutdown)?;
+        let endpoint = Endpoint::from_config(config, "scheduler", listener, shutdown)?;
         let db = Database::open(&config.database_url_for(&config.scheduler.database_url)).await?;
         Ok(Self {
-            listener,
-            tls,
+            endpoint,
             db,
             registry: config.scheduler.registry.clone(),
             bus,
             topic_prefix: config.kafka.topic_prefix.clone(),
             heartbeat_interval: config.scheduler.heartbeat_interval,
-            gateway: config.service_id("gateway"),
-            health_grace: config.shutdown.health_grace,
-            drain: config.shutdown.drain,
         })
     }
 }
@@ -162,8 +153,11 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
             shutdown.clone(),
         );
     }
-    let registry =
-        devcycle::client::channel(&opts.tls, &opts.registry, opts.tls_service_id("registry"))?;
+    let registry = devcycle::client::channel(
+        &opts.endpoint.tls,
+        &opts.registry,
+        opts.tls_service_id("registry"),
+    )?;
     let relay_stop = CancellationToken::new();
     let relay = relayed.then(|| {
         tokio::spawn(
@@ -189,33 +183,26 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         SchedulerServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
     let db = opts.db;
-    MeshServer::new(
-        "scheduler",
-        opts.listener,
-        opts.tls,
-        policy(),
-        opts.gateway,
-        SERVICE_NAME,
-    )
-    .shutdown_after(opts.health_grace, opts.drain)
-    .follow_denylist(&db, &shutdown)
-    .await?
-    // In-flight calls are done: stop the engine, then publish what it
-    // committed, then close the database.
-    .start(routes, shutdown, async move {
-        engine_stop.cancel();
-        let _ = engine_task.await;
-        relay_stop.cancel();
-        if let Some(relay) = relay {
-            let _ = relay.await;
-        }
-        db.close().await;
-    })
+    opts.endpoint
+        .server("scheduler", policy(), SERVICE_NAME)
+        .follow_denylist(&db, &shutdown)
+        .await?
+        // In-flight calls are done: stop the engine, then publish what it
+        // committed, then close the database.
+        .start(routes, shutdown, async move {
+            engine_stop.cancel();
+            let _ = engine_task.await;
+            relay_stop.cancel();
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
+            db.close().await;
+        })
 }
 
 impl Options {
     fn tls_service_id(&self, name: &str) -> SpiffeId {
-        SpiffeId::service(self.tls.trust_domain(), name).expect("service names are valid")
+        SpiffeId::service(self.endpoint.tls.trust_domain(), name).expect("service names are valid")
     }
 }
 

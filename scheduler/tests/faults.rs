@@ -75,13 +75,7 @@ async fn timers_fire_under_steady_traffic() {
     let mut w = m.raw_worker(&m.scheduler, "steady", 1, vec![]).await;
     w.credit(1);
     let mut c = m.client();
-    let run = c
-        .submit_task(one("hang", 1000, 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let run = submit(&mut c, one("hang", 1000, 1)).await;
     w.assignment(Duration::from_secs(5)).await;
     let leased = Instant::now();
     // Traffic that never touches the lease: credits, five times a second.
@@ -111,6 +105,10 @@ async fn timers_fire_under_steady_traffic() {
     }
 }
 
+async fn submit(c: &mut Client, task: pb::SubmitTaskRequest) -> pb::Run {
+    c.submit_task(task).await.unwrap().into_inner().run.unwrap()
+}
+
 /// Submits `task`, lets worker `name` (session 1) lease it, then drops
 /// that worker's stream. Returns the run.
 async fn leased_then_dropped(
@@ -121,7 +119,7 @@ async fn leased_then_dropped(
 ) -> pb::Run {
     let w = m.raw_worker(&m.scheduler, name, 1, vec![]).await;
     w.credit(1);
-    let run = c.submit_task(task).await.unwrap().into_inner().run.unwrap();
+    let run = submit(c, task).await;
     until(c, &run.id, Duration::from_secs(5), |r| {
         r.tasks[0].state == pb::TaskState::Leased as i32
     })
@@ -187,13 +185,7 @@ async fn a_silent_stream_loses_its_credits() {
         opened.elapsed()
     );
     let mut c = m.client();
-    let run = c
-        .submit_task(one("echo", 30_000, 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let run = submit(&mut c, one("echo", 30_000, 1)).await;
     assert_eq!(
         get(&mut c, &run.id).await.tasks[0].state,
         pb::TaskState::Ready as i32,
@@ -234,13 +226,7 @@ async fn logs_are_fenced_like_results() {
     let mut owner = m.raw_worker(&m.scheduler, "owner", 1, vec![]).await;
     owner.credit(1);
     let mut c = m.client();
-    let run = c
-        .submit_task(one("hang", 30_000, 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let run = submit(&mut c, one("hang", 30_000, 1)).await;
     let lease = owner
         .assignment(Duration::from_secs(5))
         .await

@@ -16,27 +16,8 @@ use devcycle::proto::scheduler::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Failure kinds the executor reports.
-pub mod kinds {
-    pub const TIMEOUT: &str = "timeout";
-    pub const MEMORY_LIMIT: &str = "memory_limit";
-    pub const PROCESS_LIMIT: &str = "process_limit";
-    pub const CPU_LIMIT: &str = "cpu_limit";
-    pub const OUTPUT_LIMIT: &str = "output_limit";
-    pub const EXIT_CODE: &str = "exit_code";
-    pub const SIGNAL: &str = "signal";
-    pub const SPAWN: &str = "spawn_failed";
-    pub const SANDBOX: &str = "sandbox";
-    pub const ISOLATION_UNAVAILABLE: &str = "isolation_unavailable";
-    pub const INVALID_INPUT: &str = "invalid_input";
-    pub const INVALID_OUTPUT: &str = "invalid_output";
-    pub const CANCELLED: &str = "cancelled";
-    pub const HTTP_STATUS: &str = "http_status";
-    pub const HTTP: &str = "http";
-    pub const UNSUPPORTED: &str = "unsupported_runtime";
-    /// The agent asked for something the operator did not grant.
-    pub const NOT_GRANTED: &str = "not_granted";
-}
+/// Failure kinds: one vocabulary for the executor and the scheduler.
+pub use devcycle::kinds;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -34,14 +34,16 @@ pub async fn mesh_with(heartbeat: Duration, missed: u32) -> Mesh {
     let (dir, url) = fresh_sqlite();
     let stop = CancellationToken::new();
     let opts = devcycle_registry::Options {
-        listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tls: pki.identity(Kind::Service, "registry"),
+        endpoint: devcycle::server::Endpoint {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tls: pki.identity(Kind::Service, "registry"),
+            gateway: TestPki::id(Kind::Service, "gateway"),
+            health_grace: Duration::ZERO,
+            drain: Duration::from_secs(1),
+        },
         db: Database::open(&url).await.unwrap(),
         heartbeat_interval: heartbeat,
         missed_heartbeats: missed,
-        gateway: TestPki::id(Kind::Service, "gateway"),
-        health_grace: Duration::ZERO,
-        drain: Duration::from_secs(1),
     };
     let running = devcycle_registry::start(opts, stop.clone()).await.unwrap();
     Mesh {

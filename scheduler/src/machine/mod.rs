@@ -34,18 +34,8 @@ impl std::fmt::Display for Reject {
     }
 }
 
-/// Kinds of error the scheduler itself assigns.
-pub mod kinds {
-    pub const HEARTBEAT_TIMEOUT: &str = "heartbeat_timeout";
-    pub const START_TO_CLOSE_TIMEOUT: &str = "start_to_close_timeout";
-    pub const SCHEDULE_TO_START_TIMEOUT: &str = "schedule_to_start_timeout";
-    pub const INPUT_TEMPLATE: &str = "input_template";
-    pub const INVALID_OUTPUT: &str = "invalid_output";
-    pub const CANCELLED: &str = "cancelled";
-    pub const UPSTREAM_FAILED: &str = "upstream_failed";
-    pub const RUN_FAILED: &str = "run_failed";
-    pub const WORKER_LOST: &str = "worker_lost";
-}
+/// Failure kinds: one vocabulary for the executor and the scheduler.
+pub use devcycle::kinds;
 
 /// A cancellation to deliver to the worker holding a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

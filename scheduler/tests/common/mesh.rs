@@ -54,14 +54,16 @@ impl Mesh {
         dirs.push(rdir);
         let registry = devcycle_registry::start(
             devcycle_registry::Options {
-                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-                tls: pki.identity(Kind::Service, "registry"),
+                endpoint: devcycle::server::Endpoint {
+                    listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                    tls: pki.identity(Kind::Service, "registry"),
+                    gateway: TestPki::id(Kind::Service, "gateway"),
+                    health_grace: Duration::ZERO,
+                    drain: Duration::from_millis(200),
+                },
                 db: Database::open(&rurl).await.unwrap(),
                 heartbeat_interval: Duration::from_secs(5),
                 missed_heartbeats: 3,
-                gateway: TestPki::id(Kind::Service, "gateway"),
-                health_grace: Duration::ZERO,
-                drain: Duration::from_millis(200),
             },
             stop.clone(),
         )
@@ -223,16 +225,18 @@ async fn start_scheduler(
 ) -> devcycle_scheduler::Running {
     devcycle_scheduler::start(
         devcycle_scheduler::Options {
-            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            tls: pki.identity(Kind::Service, "scheduler"),
+            endpoint: devcycle::server::Endpoint {
+                listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                tls: pki.identity(Kind::Service, "scheduler"),
+                gateway: TestPki::id(Kind::Service, "gateway"),
+                health_grace: Duration::ZERO,
+                drain: Duration::from_millis(200),
+            },
             db: Database::open(url).await.unwrap(),
             registry: registry.to_owned(),
             bus,
             topic_prefix: "devcycle".into(),
             heartbeat_interval: Duration::from_millis(200),
-            gateway: TestPki::id(Kind::Service, "gateway"),
-            health_grace: Duration::ZERO,
-            drain: Duration::from_millis(200),
         },
         stop.clone(),
     )
