@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::runtime::process::Capabilities;
-use crate::worker::{self, State};
+use crate::worker::{self, ActiveTask, State};
 
 pub struct ExecutorService {
     pub state: Arc<State>,
@@ -43,6 +43,14 @@ fn cpu_ms() -> u64 {
         .collect();
     // utime and stime are fields 14 and 15 of the whole line: 11th and 12th here.
     (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) * 10
+}
+
+impl ExecutorService {
+    /// The task `task_id` running here; NOT_FOUND naming the field if none.
+    fn running(&self, task_id: &str) -> Result<Arc<ActiveTask>, Status> {
+        let running = self.state.running.lock().get(task_id).cloned();
+        running.ok_or_else(|| Status::not_found(format!("task_id: {task_id} is not running here")))
+    }
 }
 
 #[tonic::async_trait]
@@ -111,13 +119,7 @@ impl Executor for ExecutorService {
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let r = req.into_inner();
-        let running = self.state.running.lock().get(&r.task_id).cloned();
-        let Some(running) = running else {
-            return Err(Status::not_found(format!(
-                "task_id: {} is not running here",
-                r.task_id
-            )));
-        };
+        let running = self.running(&r.task_id)?;
         tracing::warn!(task_id = %r.task_id, reason = %r.reason, "task cancelled by an operator");
         // The task's result reports the cancellation; the process group dies.
         running.cancel.cancel();
@@ -131,13 +133,7 @@ impl Executor for ExecutorService {
         &self,
         req: Request<pb::StreamTaskLogsRequest>,
     ) -> Result<Response<Self::StreamTaskLogsStream>, Status> {
-        let id = req.into_inner().task_id;
-        let running = self.state.running.lock().get(&id).cloned();
-        let Some(running) = running else {
-            return Err(Status::not_found(format!(
-                "task_id: {id} is not running here"
-            )));
-        };
+        let running = self.running(&req.into_inner().task_id)?;
         let mut live = running.logs.subscribe();
         let backlog: Vec<_> = running.recent.lock().iter().cloned().collect();
         let (tx, rx) = mpsc::channel(256);
