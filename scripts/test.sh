@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+scripts/check-deploy.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -179,6 +179,7 @@ impl MeshServer {
             health
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
+            crate::health::report(name, ServingStatus::Serving).await;
         }
         let mut routes = routes.add_service(health_svc);
         if self.reflection {
@@ -230,10 +231,12 @@ async fn stop_signal(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    crate::health::report("", ServingStatus::NotServing).await;
     for name in names {
         health
             .set_service_status(name, ServingStatus::NotServing)
             .await;
+        crate::health::report(name, ServingStatus::NotServing).await;
     }
     tokio::time::sleep(grace).await;
 }

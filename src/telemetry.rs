@@ -16,19 +16,30 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `filter` uses `RUST_LOG` syntax; the
-/// `RUST_LOG` variable overrides it. Calling twice is harmless.
-pub fn init_logging(format: LogFormat, filter: &str) {
+/// Installs the global subscriber: logs on stderr and, when the `OTEL_*`
+/// variables ask for them, traces of `service` (see [`crate::otel`]).
+/// `filter` uses `RUST_LOG` syntax; the `RUST_LOG` variable overrides it.
+/// Calling twice is harmless. Call inside a Tokio runtime.
+pub fn init_logging(format: LogFormat, filter: &str, service: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, Registry};
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let traces = crate::otel::layer::<Registry>(service).unwrap_or_else(|e| {
+        eprintln!("warning: OpenTelemetry traces are off: {e}");
+        None
+    });
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(fmt.with_filter(filter))
+        .try_init();
 }
 
 /// Serves Prometheus `/metrics` on `addr` for the whole process. Fails if a
@@ -98,9 +109,22 @@ where
         let method = req.uri().path().to_owned();
         let service = self.service;
         let start = Instant::now();
-        let fut = self.inner.call(req);
+        let span = if crate::otel::enabled() {
+            let span = tracing::info_span!(
+                "grpc.server",
+                otel.name = %method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                devcycle.component = service,
+            );
+            crate::otel::set_parent_from(&span, req.headers());
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let fut = span.in_scope(|| self.inner.call(req));
         Box::pin(async move {
-            let res = fut.await;
+            let res = tracing::Instrument::instrument(fut, span).await;
             let code = match &res {
                 Ok(r) => r
                     .headers()

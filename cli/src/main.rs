@@ -99,6 +99,13 @@ enum Command {
         #[arg(long)]
         scheduler: Option<String>,
     },
+    /// Apply the database migrations and exit (e.g. a Kubernetes Job before
+    /// a rollout; services also migrate at start, under a lock).
+    Migrate {
+        /// sqlite:... or postgres://...; default: the shared database_url.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Log in through the gateway; client commands then use its tokens.
     Login(login::LoginArgs),
     /// End this session and forget its tokens.
@@ -158,14 +165,18 @@ fn string_flags<const N: usize>(
 /// configuration, start logging, stop on SIGINT/SIGTERM, serve metrics.
 fn start_service(
     src: &Sources,
+    service: &str,
     flags: Vec<(&str, serde_json::Value)>,
 ) -> anyhow::Result<(Config, tokio_util::sync::CancellationToken)> {
     let config = load_config(src, Config::default(), flags)?;
-    devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+    devcycle::telemetry::init_logging(config.log.format, &config.log.filter, service);
     let shutdown = tokio_util::sync::CancellationToken::new();
     devcycle::server::cancel_on_signals(shutdown.clone());
     if !config.metrics.listen.is_empty() {
         devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
+    }
+    if !config.health.listen.is_empty() {
+        devcycle::health::serve(config.health.listen.parse()?)?;
     }
     Ok((config, shutdown))
 }
@@ -198,7 +209,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    devcycle::otel::shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
@@ -225,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut defaults = Config::default();
             defaults.tls.dev_ca = true;
             let config = load_config(&src, defaults, args.flags())?;
-            devcycle::telemetry::init_logging(config.log.format, &config.log.filter);
+            devcycle::telemetry::init_logging(config.log.format, &config.log.filter, "devcycle");
             up::run(config, &args).await
         }
         Command::Registry {
@@ -236,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("registry.listen", listen),
                 ("registry.database_url", database_url),
             ]);
-            let (config, shutdown) = start_service(&src, flags)?;
+            let (config, shutdown) = start_service(&src, "devcycle-registry", flags)?;
             devcycle_registry::serve(&config, shutdown).await
         }
         Command::Scheduler {
@@ -251,7 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("scheduler.registry", registry),
                 ("kafka.brokers", kafka_brokers),
             ]);
-            let (config, shutdown) = start_service(&src, flags)?;
+            let (config, shutdown) = start_service(&src, "devcycle-scheduler", flags)?;
             devcycle_scheduler::serve(&config, shutdown).await
         }
         Command::Executor {
@@ -270,7 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(n) = slots {
                 flags.push(("executor.slots", serde_json::Value::from(n)));
             }
-            let (config, shutdown) = start_service(&src, flags)?;
+            let (config, shutdown) = start_service(&src, "devcycle-executor", flags)?;
             devcycle_executor::serve(&config, shutdown).await
         }
         Command::Gateway {
@@ -287,8 +300,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("gateway.registry", registry),
                 ("gateway.scheduler", scheduler),
             ]);
-            let (config, shutdown) = start_service(&src, flags)?;
+            let (config, shutdown) = start_service(&src, "devcycle-gateway", flags)?;
             devcycle_gateway::serve(&config, shutdown).await
+        }
+        Command::Migrate { database_url } => {
+            let flags = string_flags([("database_url", database_url)]);
+            let config = load_config(&src, Config::default(), flags)?;
+            let url = config.database_url_for("");
+            let db = devcycle::db::Database::open(&url).await?;
+            println!("{} database migrated", db.engine());
+            db.close().await;
+            Ok(())
         }
         Command::Login(args) => {
             let config = load_config(&src, Config::default(), vec![])?;

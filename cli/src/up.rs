@@ -75,6 +75,13 @@ pub async fn run(mut config: Config, args: &UpArgs) -> anyhow::Result<()> {
     let dir = config.tls_dir();
     let ca = CertificateAuthority::load_or_create(&dir, &config.trust_domain)?;
     ca.ensure_identity(&dir, &config.client_identity()?, &[], DEV_CERT_LIFETIME)?;
+    anyhow::ensure!(
+        config.tls.cert_file.is_empty(),
+        "tls.cert_file: not with up, which serves several identities from tls.dir"
+    );
+    if !config.health.listen.is_empty() {
+        devcycle::health::serve(config.health.listen.parse()?)?;
+    }
     if !config.metrics.listen.is_empty() {
         devcycle::telemetry::serve_metrics(config.metrics.listen.parse()?)?;
     }

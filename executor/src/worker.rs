@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
 use devcycle::time::now_ms;
@@ -23,6 +24,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tracing::{Instrument as _, Span};
 
 use crate::runtime::{self, Env, Finished, LogSink, TaskRun};
 
@@ -390,6 +392,7 @@ impl Worker {
             .lock()
             .insert(lease.task_id.clone(), Arc::clone(&running));
         st.beat_changed.notify_one();
+        let (task_span, agent_span, traceparent) = spans(&a.traceparent, &lease, &agent);
         let task = TaskRun {
             task_id: lease.task_id.clone(),
             attempt: lease.attempt,
@@ -402,6 +405,7 @@ impl Worker {
             cancel,
             logs: sink,
             pid: Arc::clone(&running.pid),
+            traceparent,
         };
         // Log lines: to followers now, to the scheduler in small batches.
         let forward = {
@@ -441,9 +445,9 @@ impl Worker {
             })
         };
         let (st, env, this_lease) = (Arc::clone(st), Arc::clone(&self.env), lease);
-        tokio::spawn(async move {
+        let attempt = async move {
             let started = Instant::now();
-            let done = runtime::run(&task, &env).await;
+            let done = runtime::run(&task, &env).instrument(agent_span).await;
             drop(task);
             let _ = forward.await;
             let mut done = done;
@@ -466,7 +470,8 @@ impl Worker {
             if st.in_flight() == 0 {
                 st.idle.notify_waiters();
             }
-        });
+        };
+        tokio::spawn(attempt.instrument(task_span));
     }
 
     fn report(&self, lease: pb::LeaseRef, done: Finished, took: Duration) {
@@ -526,6 +531,39 @@ pub async fn drain(state: &Arc<State>, deadline: Duration) -> u32 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running
+}
+
+/// The executor's spans of one attempt, children of the submit's trace
+/// context: `executor.task` around the attempt and, inside it, the agent's
+/// run, whose context the agent receives. With traces off here, the
+/// submit's context passes through to the agent untouched.
+fn spans(
+    traceparent: &str,
+    lease: &pb::LeaseRef,
+    agent: &reg::AgentVersion,
+) -> (Span, Span, String) {
+    if !devcycle::otel::enabled() || traceparent.is_empty() {
+        return (Span::none(), Span::none(), traceparent.to_owned());
+    }
+    let task = tracing::info_span!(
+        "executor.task",
+        otel.kind = "consumer",
+        devcycle.component = "executor",
+        devcycle.task_id = %lease.task_id,
+        devcycle.attempt = lease.attempt,
+    );
+    devcycle::otel::set_parent(&task, traceparent);
+    let run = tracing::info_span!(
+        parent: &task,
+        "agent",
+        otel.name = %format!("agent {}", agent.agent),
+        otel.kind = "client",
+        devcycle.component = "agent",
+        devcycle.agent = %agent.agent,
+        devcycle.agent_version = %agent.version,
+    );
+    let traceparent = devcycle::otel::traceparent(&run);
+    (task, run, traceparent)
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The trace context every task here carries.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 /// One scripted reply: status, body, delay before answering.
 #[derive(Clone)]
 struct Reply(u16, String, u64);
@@ -142,6 +145,7 @@ async fn call_with(
         cancel: CancellationToken::new(),
         logs,
         pid: Arc::new(AtomicU32::new(0)),
+        traceparent: TRACEPARENT.into(),
     };
     let done = runtime::run(&task, &env(grants)).await;
     drop(task);
@@ -166,10 +170,19 @@ async fn plain_json_round_trip() {
     let s = server(vec![Reply(200, r#"{"verdict":"ok"}"#.into(), 0)]).await;
     let (done, _) = call(json_runtime(&s.url), r#"{"diff":"+x"}"#).await;
     assert_eq!(done.outcome, Ok(r#"{"verdict":"ok"}"#.into()));
+    let reqs = s.requests.lock();
     assert_eq!(
-        s.requests.lock()[0].1,
+        reqs[0].1,
         json!({"diff": "+x"}),
         "the task input is the request body"
+    );
+    assert!(
+        reqs[0]
+            .0
+            .to_ascii_lowercase()
+            .contains(&format!("traceparent: {TRACEPARENT}")),
+        "the trace context travels as a header: {}",
+        reqs[0].0
     );
 }
 

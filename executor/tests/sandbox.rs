@@ -97,6 +97,7 @@ async fn run_with(
         cancel,
         logs,
         pid: Arc::new(AtomicU32::new(0)),
+        traceparent: String::new(),
     };
     let done = runtime::run(&task, env).await;
     drop(task);
@@ -385,6 +386,7 @@ async fn agents_get_only_the_secrets_they_are_granted() {
         cancel: CancellationToken::new(),
         logs: LogSink::new().0,
         pid: Arc::new(AtomicU32::new(0)),
+        traceparent: String::new(),
     };
     let r = runtime::run(&task(&version), &env).await;
     failed(&r, kinds::NOT_GRANTED);

@@ -42,6 +42,10 @@ use crate::jwt::{Signer, Verifier};
 use crate::revocation::Revocations;
 use crate::store::{Store, UserRow};
 use crate::tokens::{Lifetimes, Minter};
+use tonic_health::ServingStatus;
+
+/// What the gateway reports on the health port.
+const GATEWAY_HEALTH: &str = "devcycle.auth.v1.Auth";
 
 /// A service the gateway routes to: `pkg.Service`, its address, and the
 /// identity it must present.
@@ -293,6 +297,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     health
         .set_serving::<pb::auth_server::AuthServer<auth::AuthService>>()
         .await;
+    devcycle::health::report(GATEWAY_HEALTH, ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(devcycle::proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -358,6 +363,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
             health
                 .set_not_serving::<pb::auth_server::AuthServer<auth::AuthService>>()
                 .await;
+            devcycle::health::report("", ServingStatus::NotServing).await;
+            devcycle::health::report(GATEWAY_HEALTH, ServingStatus::NotServing).await;
         });
         serve::serve(listener, FrontService(front), shutdown).await;
         health_task.abort();

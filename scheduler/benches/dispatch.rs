@@ -55,6 +55,7 @@ fn noop_run(now: i64) -> (Submit, String) {
         start_time: 0,
         end_time: 0,
         rev: 0,
+        traceparent: String::new(),
     };
     let run = RunRow {
         id: run_id.clone(),
@@ -144,7 +145,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    devcycle::telemetry::init_logging(devcycle::telemetry::LogFormat::Human, "warn");
+    devcycle::telemetry::init_logging(
+        devcycle::telemetry::LogFormat::Human,
+        "warn",
+        "dispatch-bench",
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -12,6 +12,7 @@ mod resolver;
 mod service;
 pub mod spec;
 pub mod spec_file;
+mod stats;
 pub mod store;
 mod submit;
 pub mod template;
@@ -171,6 +172,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
             .run(relay_stop.clone()),
         )
     });
+    tokio::spawn(stats::run(Arc::clone(&store), relay_stop.clone()));
     let svc = service::SchedulerService {
         store,
         engine,

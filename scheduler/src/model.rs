@@ -183,6 +183,9 @@ pub struct TaskRow {
     pub end_time: i64,
     /// Bumped on every write: the stores' compare-and-set guard.
     pub rev: i64,
+    /// W3C trace context of the submit; empty when traces are off. Never
+    /// changes, so retries and requeues stay in one trace.
+    pub traceparent: String,
 }
 
 /// A run: one execution of a workflow.

@@ -54,6 +54,8 @@ pub struct RunMeta {
     pub idempotency_key: Option<String>,
     pub created_by: String,
     pub now: i64,
+    /// W3C trace context of the submit ('' when traces are off).
+    pub traceparent: String,
 }
 
 /// Builds the run and its tasks. Tasks without upstream get their input
@@ -73,6 +75,7 @@ pub fn build(
         idempotency_key,
         created_by,
         now,
+        traceparent,
     } = meta;
     let ids: Vec<String> = plan
         .tasks
@@ -159,6 +162,7 @@ pub fn build(
             start_time: 0,
             end_time: 0,
             rev: 0,
+            traceparent: traceparent.clone(),
         });
     }
     let mut seen = std::collections::HashSet::new();

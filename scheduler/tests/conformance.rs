@@ -31,7 +31,8 @@ devcycle::conformance! {
     schedule_to_start_is_per_attempt,
     retry_revives_only_what_can_finish,
     unheld_leases_return_or_fail,
-    a_lease_is_trusted_only_from_its_worker
+    a_lease_is_trusted_only_from_its_worker,
+    queue_gauges_count_the_whole_database
     ],
     postgres(run) => {
         let (store, _pool) = common::postgres().await;

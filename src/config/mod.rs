@@ -29,7 +29,7 @@ pub use kafka::KafkaConfig;
 pub use registry::RegistryConfig;
 pub use scheduler::SchedulerConfig;
 pub use shutdown::ShutdownConfig;
-pub use telemetry::{LogConfig, MetricsConfig};
+pub use telemetry::{HealthConfig, LogConfig, MetricsConfig};
 pub use tls::TlsConfig;
 
 use crate::identity::{SpiffeId, valid_trust_domain};
@@ -62,6 +62,7 @@ pub struct Config {
     pub database_url: String,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub health: HealthConfig,
     pub tls: TlsConfig,
     pub shutdown: ShutdownConfig,
     pub registry: RegistryConfig,
@@ -83,6 +84,7 @@ impl Default for Config {
             database_url: String::new(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
             tls: TlsConfig::default(),
             shutdown: ShutdownConfig::default(),
             registry: RegistryConfig::default(),
@@ -151,6 +153,7 @@ impl Config {
         self.executor.validate()?;
         self.kafka.validate()?;
         self.metrics.validate()?;
+        self.health.validate()?;
         self.log.validate()?;
         self.tls.validate()?;
         self.registry.validate()?;
@@ -192,8 +195,23 @@ impl Config {
         .map_err(|e| invalid("client.identity", format!("{e}")))
     }
 
+    /// Where `id`'s certificate, key and CA are: `tls.cert_file`,
+    /// `tls.key_file` and `tls.ca_file` when set (a process serving one
+    /// identity, e.g. from a cert-manager Secret), else named after `id` in
+    /// the TLS directory.
     pub fn identity_files(&self, id: &SpiffeId) -> IdentityFiles {
-        IdentityFiles::in_dir(&self.tls_dir(), id)
+        let mut files = IdentityFiles::in_dir(&self.tls_dir(), id);
+        let t = &self.tls;
+        for (path, set) in [
+            (&mut files.cert, &t.cert_file),
+            (&mut files.key, &t.key_file),
+            (&mut files.ca, &t.ca_file),
+        ] {
+            if !set.is_empty() {
+                *path = PathBuf::from(set);
+            }
+        }
+        files
     }
 }
 

@@ -1,4 +1,4 @@
-//! Logs and metrics.
+//! Logs, metrics and the plaintext health port.
 
 use std::net::SocketAddr;
 
@@ -20,6 +20,26 @@ pub struct LogConfig {
 pub struct MetricsConfig {
     /// Where `/metrics` is served; empty disables it.
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Where `grpc.health.v1` is served without TLS, for probes that hold
+    /// no mesh certificate (Kubernetes `grpc` probes); empty disables it.
+    pub listen: String,
+}
+
+impl HealthConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "health.listen",
+                "must be host:port with an IP address, or empty",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LogConfig {

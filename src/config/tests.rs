@@ -201,3 +201,28 @@ fn bad_durations_name_the_key() {
         Ok(())
     });
 }
+
+#[test]
+fn own_certificate_files_and_health_port() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("DEVCYCLE_TLS__CERT_FILE", "/run/tls/tls.crt");
+        jail.set_env("DEVCYCLE_TLS__KEY_FILE", "/run/tls/tls.key");
+        jail.set_env("DEVCYCLE_TLS__CA_FILE", "/run/tls/ca.crt");
+        jail.set_env("DEVCYCLE_HEALTH__LISTEN", "0.0.0.0:7410");
+        let c = Config::load(None).expect("valid");
+        let files = c.identity_files(&c.service_id("registry"));
+        assert_eq!(files.cert, Path::new("/run/tls/tls.crt"));
+        assert_eq!(files.key, Path::new("/run/tls/tls.key"));
+        assert_eq!(files.ca, Path::new("/run/tls/ca.crt"));
+        assert_eq!(c.health.listen, "0.0.0.0:7410");
+
+        jail.set_env("DEVCYCLE_TLS__KEY_FILE", "");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("tls.cert_file"), "{err}");
+        jail.set_env("DEVCYCLE_TLS__KEY_FILE", "/run/tls/tls.key");
+        jail.set_env("DEVCYCLE_HEALTH__LISTEN", "localhost:7410");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("health.listen"), "{err}");
+        Ok(())
+    });
+}

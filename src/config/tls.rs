@@ -17,6 +17,12 @@ pub struct TlsConfig {
     /// How often certificate files are checked for changes.
     #[serde(with = "duration::whole_millis")]
     pub reload_interval: Duration,
+    /// This process's own certificate, key and trusted CA, overriding the
+    /// files named after its identity in `dir` (e.g. `tls.crt`, `tls.key`
+    /// and `ca.crt` of a mounted cert-manager Secret). Empty: from `dir`.
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
 }
 
 impl Default for TlsConfig {
@@ -25,6 +31,9 @@ impl Default for TlsConfig {
             dir: String::new(),
             dev_ca: false,
             reload_interval: Duration::from_secs(5),
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -36,6 +45,12 @@ impl TlsConfig {
             return Err(invalid(
                 "tls.reload_interval",
                 "must be between 100ms and 10m",
+            ));
+        }
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file are set together",
             ));
         }
         Ok(())

@@ -326,6 +326,9 @@ pub async fn run(
         if let Some(t) = &token {
             req = req.bearer_auth(t);
         }
+        if !task.traceparent.is_empty() {
+            req = req.header(devcycle::otel::TRACEPARENT, &task.traceparent);
+        }
         let sent = tokio::select! {
             r = req.send() => r,
             _ = task.cancel.cancelled() => return fail(Failure::permanent(kinds::CANCELLED, "the task was cancelled")),

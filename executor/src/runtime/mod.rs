@@ -92,6 +92,9 @@ pub struct TaskRun {
     pub cancel: CancellationToken,
     pub logs: LogSink,
     pub pid: Arc<AtomicU32>,
+    /// W3C trace context the agent's own spans should continue (the
+    /// executor's agent span when traces are on); empty: none.
+    pub traceparent: String,
 }
 
 impl TaskRun {

@@ -293,6 +293,9 @@ async fn run_in(
         .env("DEVCYCLE_ATTEMPT", task.attempt.to_string())
         .env("DEVCYCLE_AGENT", &task.agent.agent);
     cmd.envs(agent_env);
+    if !task.traceparent.is_empty() {
+        cmd.env("TRACEPARENT", &task.traceparent);
+    }
     cmd.current_dir(workspace)
         .process_group(0)
         .stdin(Stdio::piped())

@@ -60,6 +60,7 @@ impl AuthService {
         let user = self.store.user(&r.username).await?;
         let ok = password::verify(r.password, user.as_ref().map(|u| u.password_hash.clone())).await;
         let (true, Some(user)) = (ok, user) else {
+            crate::front::auth_failed("password");
             return Err(Error::unauthenticated("username or password is wrong"));
         };
         if let Some(secret) = &user.totp_secret {
@@ -67,6 +68,7 @@ impl AuthService {
                 return Err(Error::unauthenticated("totp_code: required for this user"));
             }
             let Some(step) = totp::verify(secret, &r.totp_code, Self::now_s()) else {
+                crate::front::auth_failed("totp");
                 return Err(Error::unauthenticated("totp_code: wrong code"));
             };
             if !self.store.use_totp_step(&user.name, step).await? {

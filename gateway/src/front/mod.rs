@@ -100,6 +100,11 @@ impl Front {
             Ok(a) => a,
             Err(e) => {
                 let status = Status::from(e);
+                match status.code() {
+                    Code::Unauthenticated => auth_failed("token"),
+                    Code::PermissionDenied => auth_failed("permission"),
+                    _ => {}
+                }
                 // Refusals by rate limit are counted, not audited: a flood
                 // would otherwise crowd real events out of the audit queue.
                 if let Some(rule) = rbac::rule(&method)
@@ -127,6 +132,9 @@ impl Front {
             }
         };
         forwarded_headers(&mut parts.headers, admitted.principal.as_deref());
+        if devcycle::otel::enabled() {
+            devcycle::otel::inject(&tracing::Span::current(), &mut parts.headers);
+        }
         parts.extensions.insert(ClientAddr(remote));
         if let Some(p) = &admitted.principal {
             parts.extensions.insert(Authenticated(Arc::clone(p)));
@@ -371,6 +379,13 @@ fn authorize(method: &str, rule: &Rule, a: &Admitted) -> Result<(), Error> {
     }
 }
 
+/// Counts a refused credential (`devcycle_gateway_auth_failures_total`):
+/// `token` (missing, invalid, expired or revoked), `permission` (RBAC),
+/// `password` or `totp` (a failed login).
+pub fn auth_failed(reason: &'static str) {
+    metrics::counter!("devcycle_gateway_auth_failures_total", "reason" => reason).increment(1);
+}
+
 /// Headers as the owning service must see them: the gateway's principal
 /// metadata, no client credentials, no HTTP/1.1 connection headers.
 fn forwarded_headers(h: &mut HeaderMap, principal: Option<&Verified>) {
@@ -422,6 +437,22 @@ impl tower::Service<Request<Body>> for FrontService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let front = Arc::clone(&self.0);
-        Box::pin(async move { Ok(front.handle(req).await) })
+        if !devcycle::otel::enabled() {
+            return Box::pin(async move { Ok(front.handle(req).await) });
+        }
+        // The gateway's span: a child of the client's `traceparent`, if
+        // any, and the parent of the owning service's (see `handle`).
+        let span = tracing::info_span!(
+            "gateway",
+            otel.name = %req.uri().path(),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            devcycle.component = "gateway",
+        );
+        devcycle::otel::set_parent_from(&span, req.headers());
+        Box::pin(tracing::Instrument::instrument(
+            async move { Ok(front.handle(req).await) },
+            span,
+        ))
     }
 }

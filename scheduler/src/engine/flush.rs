@@ -168,6 +168,7 @@ impl Core {
     ) {
         // New leases first: the workers are waiting.
         self.deliver_leases(&a.leased).await;
+        record_metrics(&a);
         for (reply, submitted) in submit_replies.into_iter().zip(a.submitted) {
             let _ = reply.send(Ok(submitted));
         }
@@ -347,6 +348,29 @@ impl Core {
     }
 }
 
+/// What a committed batch adds to the metrics: how long each new lease
+/// waited since its task became ready, and the attempts that failed.
+fn record_metrics(a: &Applied) {
+    if !a.leased.is_empty() {
+        let now = devcycle::time::now_ms();
+        let waited = metrics::histogram!("scheduler_dispatch_seconds");
+        for t in &a.leased {
+            waited.record((now - t.ready_at).max(0) as f64 / 1000.0);
+        }
+    }
+    for f in &a.failed {
+        let agent = [("agent", f.agent.clone())];
+        if f.dead {
+            metrics::counter!("scheduler_dead_lettered_total", &agent).increment(1);
+        } else {
+            metrics::counter!("scheduler_retries_total", &agent).increment(1);
+        }
+        if f.lease_expired {
+            metrics::counter!("scheduler_lease_expiries_total").increment(1);
+        }
+    }
+}
+
 fn held(lease: &Lease, run_id: String) -> Held {
     Held {
         attempt: lease.attempt,
@@ -369,6 +393,7 @@ fn assignment(t: &TaskRow, spec: Arc<reg::AgentVersion>) -> pb::WorkResponse {
             agent: Some((*spec).clone()),
             input: t.input.clone(),
             lease_deadline: Some(to_timestamp(t.lease_expires)),
+            traceparent: t.traceparent.clone(),
             timeouts: Some(pb::Timeouts {
                 schedule_to_start_ms: t.timeouts.schedule_to_start_ms,
                 start_to_close_ms: t.timeouts.start_to_close_ms,

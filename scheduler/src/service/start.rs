@@ -79,6 +79,7 @@ impl SchedulerService {
             idempotency_key: key,
             created_by: caller.actor(),
             now: now_ms(),
+            traceparent: devcycle::otel::traceparent(&tracing::Span::current()),
         };
         let submitted = match submit::build(plan, agents, meta, &self.schemas, prefix) {
             Ok(submit) => self.engine.submit(submit, specs).await,

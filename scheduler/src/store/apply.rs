@@ -195,6 +195,7 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
     let mut events = std::mem::take(&mut m.events);
     tx.write(&runs, &tasks, &mut events, &batch.logs, &agents)
         .await?;
+    out.failed = failed_attempts(&tasks, &events);
     out.events = events;
     out.cancels = std::mem::take(&mut m.cancels);
     let mut notices = batch.notices;
@@ -226,6 +227,25 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
         };
     }
     Ok(out)
+}
+
+/// The attempts that failed in this batch: `TaskFailed` (to be retried) and
+/// `TaskDead` events, with their tasks' agents.
+fn failed_attempts(tasks: &[TaskRow], events: &[EventRow]) -> Vec<super::FailedAttempt> {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::TaskFailed | EventKind::TaskDead))
+        .filter_map(|e| {
+            let t = tasks.iter().find(|t| t.id == e.task_id)?;
+            let kind = t.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
+            Some(super::FailedAttempt {
+                agent: t.agent.clone(),
+                dead: e.kind == EventKind::TaskDead,
+                lease_expired: kind == devcycle::kinds::HEARTBEAT_TIMEOUT
+                    || kind == devcycle::kinds::START_TO_CLOSE_TIMEOUT,
+            })
+        })
+        .collect()
 }
 
 /// Hands claimable tasks to workers: this batch's own first (sync match),

@@ -184,6 +184,16 @@ pub struct Applied {
     pub next_due: Option<i64>,
     /// The batch swept: `next_due` covers every timer in the database.
     pub swept: bool,
+    /// Attempts that failed in this batch, for the metrics.
+    pub failed: Vec<FailedAttempt>,
+}
+
+/// A failed attempt: retried or dead, and whether its lease ran out.
+#[derive(Debug, Clone)]
+pub struct FailedAttempt {
+    pub agent: String,
+    pub dead: bool,
+    pub lease_expired: bool,
 }
 
 /// The statements [`apply_batch`] needs, inside one transaction.
@@ -278,6 +288,9 @@ pub trait SchedulerStore: Send + Sync + 'static {
         }
         Ok(ended)
     }
+    /// Whole-database gauges: (`queued`, agent, tasks), (`dead`, "",
+    /// tasks), (`outbox`, "", oldest unpublished event time or 0).
+    async fn queue_stats(&self) -> Result<Vec<(String, String, i64)>>;
     /// The run `created_by` submitted with idempotency key `key`.
     async fn run_by_key(&self, created_by: &str, key: &str) -> Result<Option<String>>;
     /// Newest first.

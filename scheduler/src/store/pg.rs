@@ -187,6 +187,11 @@ impl SchedulerStore for PgStore {
         Ok(())
     }
 
+    async fn queue_stats(&self) -> Result<Vec<(String, String, i64)>> {
+        let q = sqlx::query(PG_QUEUE_STATS);
+        fetch(&self.pool, q, rows::stat).await
+    }
+
     async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>> {
         let q = sqlx::query(PG_OUTBOX).bind(limit as i64);
         fetch(&self.pool, q, rows::event).await

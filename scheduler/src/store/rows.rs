@@ -74,6 +74,7 @@ pub struct TaskRecord {
     pub start_time: i64,
     pub end_time: i64,
     pub rev: i64,
+    pub traceparent: String,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -120,6 +121,7 @@ impl From<&TaskRow> for TaskRecord {
             start_time: t.start_time,
             end_time: t.end_time,
             rev: t.rev,
+            traceparent: t.traceparent.clone(),
         }
     }
 }
@@ -161,6 +163,7 @@ impl TryFrom<TaskRecord> for TaskRow {
             start_time: r.start_time,
             end_time: r.end_time,
             rev: r.rev,
+            traceparent: r.traceparent,
         })
     }
 }
@@ -298,6 +301,7 @@ pub fn task(r: &impl Columns) -> Result<TaskRow> {
         start_time: r.get(25)?,
         end_time: r.get(26)?,
         rev: r.get(27)?,
+        traceparent: r.get(28)?,
     })
 }
 
@@ -359,4 +363,9 @@ pub fn rate_limit(per_second: f64, burst: i64) -> RateLimit {
         per_second,
         burst: count(burst),
     }
+}
+
+/// One row of `*_QUEUE_STATS`.
+pub fn stat(r: &impl Columns) -> Result<(String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }

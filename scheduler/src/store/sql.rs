@@ -58,7 +58,7 @@ macro_rules! task_columns {
         "id, run_id, key, agent, agent_version, state, attempt, priority, input, output, error, \
          deps_pending, depends_on, dependents, retry, timeouts, concurrency_key, concurrency_limit, \
          ready_at, lease_id, lease_expires, attempt_deadline, schedule_deadline, worker_id, create_time, \
-         start_time, end_time, rev"
+         start_time, end_time, rev, traceparent"
     };
 }
 
@@ -229,7 +229,7 @@ pub const PG_WRITE_TASKS: &str = concat!(
      $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[], \
      $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[], $19::int8[], $20::text[], \
      $21::int8[], $22::int8[], $23::int8[], $24::text[], $25::int8[], $26::int8[], $27::int8[], \
-     $28::int8[]) \
+     $28::int8[], $29::text[]) \
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt, \
      input = excluded.input, output = excluded.output, error = excluded.error, \
      deps_pending = excluded.deps_pending, ready_at = excluded.ready_at, lease_id = excluded.lease_id, \
@@ -256,6 +256,21 @@ pub const PG_OUTBOX: &str = concat!(
     event_columns!(),
     " FROM sched_events WHERE NOT published ORDER BY id LIMIT $1"
 );
+/// Gauges of the whole database (see `stats.rs`): queued tasks per agent,
+/// the dead-letter queue, the oldest unpublished event's time (0: none).
+macro_rules! queue_stats {
+    ($unpublished:literal) => {
+        concat!(
+            "SELECT 'queued', agent, COUNT(*) FROM sched_tasks \
+             WHERE state IN ('ready', 'failed') GROUP BY agent \
+             UNION ALL SELECT 'dead', '', COUNT(*) FROM sched_tasks WHERE state = 'dead' \
+             UNION ALL SELECT 'outbox', '', COALESCE(MIN(time), 0) FROM sched_events WHERE ",
+            $unpublished
+        )
+    };
+}
+pub const PG_QUEUE_STATS: &str = queue_stats!("NOT published");
+pub const SQLITE_QUEUE_STATS: &str = queue_stats!("published = 0");
 pub const PG_MARK_PUBLISHED: &str = "UPDATE sched_events SET published = true WHERE id = ANY($1)";
 
 // SQLite: one row per statement, no locks.
@@ -285,7 +300,7 @@ pub const SQLITE_INSERT_TASK: &str = concat!(
     "INSERT INTO sched_tasks (",
     task_columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
 );
 /// Only what a transition can change, if still at the revision read.
 pub const SQLITE_UPDATE_TASK: &str = "UPDATE sched_tasks SET state = ?2, attempt = ?3, input = ?4, \

@@ -274,6 +274,12 @@ impl SchedulerStore for SqliteStore {
         })
     }
 
+    async fn queue_stats(&self) -> Result<Vec<(String, String, i64)>> {
+        self.reader
+            .run(move |conn| all(conn, SQLITE_QUEUE_STATS, [], |r| rows::stat(r)))
+            .await
+    }
+
     async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>> {
         self.reader
             .run(move |conn| all(conn, SQLITE_OUTBOX, [limit as i64], |r| rows::event(r)))

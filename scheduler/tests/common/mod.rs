@@ -164,6 +164,7 @@ pub fn run(tasks: Vec<T>, key: Option<&str>, policy: FailurePolicy, now: i64) ->
                 start_time: 0,
                 end_time: 0,
                 rev: 0,
+                traceparent: TRACEPARENT.into(),
             }
         })
         .collect();
@@ -281,6 +282,9 @@ pub async fn sweep(s: &Store, now: i64) -> Applied {
     .await
     .unwrap()
 }
+
+/// The trace context every test task is submitted with.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 pub async fn task(s: &Store, id: &str) -> TaskRow {
     s.get_task(id).await.unwrap().unwrap()

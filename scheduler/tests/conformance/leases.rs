@@ -176,6 +176,8 @@ pub async fn stale_results_are_fenced(s: Store) {
         .remove(0);
     assert_eq!(again.attempt, 2);
     assert_ne!(again.lease_id, first.lease_id);
+    // A retry stays in the submit's trace.
+    assert_eq!(again.traceparent, TRACEPARENT);
     // The first worker's late result changes nothing.
     match complete(&s, T0 + 10_001, &first, "{}").await {
         OpResult::Rejected(Reject::Stale(_)) => {}

@@ -227,3 +227,45 @@ pub async fn rate_limits_pace_starts(s: Store) {
     s.set_rate_limit("slow", None).await.unwrap();
     assert_eq!(claims(&s, T0 + 501, vec![claim("w", 10)]).await.len(), 1);
 }
+
+/// The metrics' gauges read the whole database: queued tasks per agent,
+/// dead letters, and the oldest unpublished event.
+pub async fn queue_gauges_count_the_whole_database(s: Store) {
+    let sub = run(
+        vec![
+            T::new("a1").agent("a"),
+            T::new("a2").agent("a"),
+            T::new("b1").agent("b").attempts(1),
+        ],
+        None,
+        FailurePolicy::Continue,
+        T0,
+    );
+    submit(&s, sub, T0).await;
+    let stats = |rows: Vec<(String, String, i64)>| {
+        rows.into_iter()
+            .map(|(k, a, n)| (format!("{k}:{a}"), n))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let now = stats(s.queue_stats().await.unwrap());
+    assert_eq!(now.get("queued:a"), Some(&2), "{now:?}");
+    assert_eq!(now.get("queued:b"), Some(&1), "{now:?}");
+    assert_eq!(now.get("dead:"), Some(&0), "{now:?}");
+    assert_eq!(
+        now.get("outbox:"),
+        Some(&T0),
+        "the oldest unpublished event"
+    );
+
+    let leased = claims(&s, T0 + 1, vec![claim("w", 3)]).await;
+    let b = leased.iter().find(|t| t.agent == "b").unwrap();
+    assert_eq!(fail(&s, T0 + 2, b, "flaky").await, OpResult::Done);
+    let now = stats(s.queue_stats().await.unwrap());
+    assert!(!now.keys().any(|k| k.starts_with("queued:")), "{now:?}");
+    assert_eq!(now.get("dead:"), Some(&1), "{now:?}");
+
+    let ids: Vec<i64> = s.outbox(1000).await.unwrap().iter().map(|e| e.id).collect();
+    s.mark_published(&ids).await.unwrap();
+    let now = stats(s.queue_stats().await.unwrap());
+    assert_eq!(now.get("outbox:"), Some(&0), "nothing left to publish");
+}

@@ -43,7 +43,7 @@ fn bind_runs<'q>(q: PgQuery<'q>, runs: &[RunRow]) -> PgQuery<'q> {
         .bind(num(|r| r.rev))
 }
 
-/// Binds tasks as the 28 arrays of `task_columns!`, in its order.
+/// Binds tasks as the 29 arrays of `task_columns!`, in its order.
 fn bind_tasks<'q>(q: PgQuery<'q>, tasks: &[TaskRow]) -> PgQuery<'q> {
     let recs: Vec<TaskRecord> = tasks.iter().map(TaskRecord::from).collect();
     let col = |f: fn(&TaskRecord) -> String| recs.iter().map(f).collect::<Vec<String>>();
@@ -78,6 +78,7 @@ fn bind_tasks<'q>(q: PgQuery<'q>, tasks: &[TaskRow]) -> PgQuery<'q> {
         .bind(num(|r| r.start_time))
         .bind(num(|r| r.end_time))
         .bind(num(|r| r.rev))
+        .bind(col(|r| r.traceparent.clone()))
 }
 
 /// Runs `q` and maps each row with `f`.

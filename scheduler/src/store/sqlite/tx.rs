@@ -44,7 +44,7 @@ fn run_params(r: &RunRecord) -> [&dyn ToSql; 12] {
 }
 
 /// A task's values in the order of `task_columns!`.
-fn task_params(t: &TaskRecord) -> [&dyn ToSql; 28] {
+fn task_params(t: &TaskRecord) -> [&dyn ToSql; 29] {
     [
         &t.id,
         &t.run_id,
@@ -74,6 +74,7 @@ fn task_params(t: &TaskRecord) -> [&dyn ToSql; 28] {
         &t.start_time,
         &t.end_time,
         &t.rev,
+        &t.traceparent,
     ]
 }
 
