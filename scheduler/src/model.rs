@@ -284,6 +284,9 @@ pub struct EventRow {
     pub worker_id: String,
     pub message: String,
     pub time: i64,
+    /// The task's trace context, published as a `traceparent` header; not
+    /// a column of the event (the outbox reads it from the task).
+    pub traceparent: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,7 +39,14 @@ pub fn message(topic: &str, e: &EventRow) -> BusMessage {
         topic: topic.to_owned(),
         key: e.run_id.clone(),
         id: e.event_id.clone(),
-        headers: vec![("kind".into(), e.kind.as_str().into())],
+        headers: if e.traceparent.is_empty() {
+            vec![("kind".into(), e.kind.as_str().into())]
+        } else {
+            vec![
+                ("kind".into(), e.kind.as_str().into()),
+                (devcycle::otel::TRACEPARENT.into(), e.traceparent.clone()),
+            ]
+        },
         payload: wire::event(e).encode_to_vec(),
     }
 }
@@ -142,5 +149,41 @@ async fn holds_lock(lock: &mut Option<PgConnection>, pool: &PgPool) -> bool {
             let _ = conn.close().await;
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    #[test]
+    fn a_tasks_events_carry_its_trace_context_as_a_header() {
+        let mut e = EventRow {
+            id: 1,
+            event_id: "r/1".into(),
+            run_id: "r".into(),
+            seq: 1,
+            kind: EventKind::TaskLeased,
+            task_id: "t".into(),
+            task_key: "k".into(),
+            attempt: 1,
+            worker_id: "w".into(),
+            message: String::new(),
+            time: 0,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        };
+        let m = message("devcycle.run-events", &e);
+        assert_eq!(m.key, "r");
+        assert!(
+            m.headers
+                .contains(&("traceparent".into(), e.traceparent.clone()))
+        );
+        e.traceparent.clear();
+        let m = message("devcycle.run-events", &e);
+        assert_eq!(
+            m.headers,
+            vec![("kind".to_owned(), "task_leased".to_owned())]
+        );
     }
 }

@@ -191,10 +191,17 @@ impl Machine {
 
     fn emit(&mut self, run_id: &str, kind: EventKind, task: Option<&str>, message: String) {
         self.touch_run(run_id);
-        let (task_id, task_key, attempt, worker_id) = match task.and_then(|id| self.tasks.get(id)) {
-            Some(t) => (t.id.clone(), t.key.clone(), t.attempt, t.worker_id.clone()),
-            None => Default::default(),
-        };
+        let (task_id, task_key, attempt, worker_id, traceparent) =
+            match task.and_then(|id| self.tasks.get(id)) {
+                Some(t) => (
+                    t.id.clone(),
+                    t.key.clone(),
+                    t.attempt,
+                    t.worker_id.clone(),
+                    t.traceparent.clone(),
+                ),
+                None => Default::default(),
+            };
         let run = self
             .runs
             .get_mut(run_id)
@@ -213,6 +220,7 @@ impl Machine {
             worker_id,
             message,
             time: self.now,
+            traceparent,
         });
     }
 

@@ -194,7 +194,7 @@ impl SchedulerStore for PgStore {
 
     async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>> {
         let q = sqlx::query(PG_OUTBOX).bind(limit as i64);
-        fetch(&self.pool, q, rows::event).await
+        fetch(&self.pool, q, rows::outbox_event).await
     }
 
     async fn mark_published(&self, ids: &[i64]) -> Result<()> {

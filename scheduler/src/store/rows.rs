@@ -266,6 +266,7 @@ impl TryFrom<EventRecord> for EventRow {
             worker_id: r.worker_id,
             message: r.message,
             time: r.time,
+            traceparent: String::new(),
         })
     }
 }
@@ -335,6 +336,14 @@ pub fn event(r: &impl Columns) -> Result<EventRow> {
         worker_id: r.get(8)?,
         message: r.get(9)?,
         time: r.get(10)?,
+    })
+}
+
+/// An event of `*_OUTBOX`: its columns, then its task's trace context.
+pub fn outbox_event(r: &impl Columns) -> Result<EventRow> {
+    Ok(EventRow {
+        traceparent: r.get(11)?,
+        ..event(r)?
     })
 }
 

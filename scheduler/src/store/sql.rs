@@ -250,12 +250,21 @@ pub const PG_NOTIFY: &str = "SELECT pg_notify($1, $2)";
 pub const PG_NOTIFY_EACH: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
 pub const PG_ENDED_RUNS: &str =
     "SELECT id FROM sched_runs WHERE id = ANY($1) AND state <> 'running'";
+/// Unpublished events in order, each with its task's trace context.
+macro_rules! outbox {
+    ($unpublished:literal, $limit:literal) => {
+        concat!(
+            "SELECT e.id, e.event_id, e.run_id, e.seq, e.kind, e.task_id, e.task_key, e.attempt, \
+             e.worker_id, e.message, e.time, COALESCE(t.traceparent, '') \
+             FROM sched_events e LEFT JOIN sched_tasks t ON t.id = e.task_id WHERE ",
+            $unpublished,
+            " ORDER BY e.id LIMIT ",
+            $limit
+        )
+    };
+}
 /// Matches the partial index `WHERE NOT published`.
-pub const PG_OUTBOX: &str = concat!(
-    "SELECT ",
-    event_columns!(),
-    " FROM sched_events WHERE NOT published ORDER BY id LIMIT $1"
-);
+pub const PG_OUTBOX: &str = outbox!("NOT e.published", "$1");
 /// Gauges of the whole database (see `stats.rs`): queued tasks per agent,
 /// the dead-letter queue, the oldest unpublished event's time (0: none).
 macro_rules! queue_stats {
@@ -332,11 +341,7 @@ pub const SQLITE_NEXT_EVENT_ID: &str = "SELECT COALESCE(MAX(id), 0) + 1 FROM sch
 pub const SQLITE_INSERT_LOG: &str = "INSERT INTO sched_task_logs (task_id, attempt, time, stream, line) \
      VALUES (?1, ?2, ?3, ?4, ?5)";
 /// Matches the partial index `WHERE published = 0`.
-pub const SQLITE_OUTBOX: &str = concat!(
-    "SELECT ",
-    event_columns!(),
-    " FROM sched_events WHERE published = 0 ORDER BY id LIMIT ?1"
-);
+pub const SQLITE_OUTBOX: &str = outbox!("e.published = 0", "?1");
 pub const SQLITE_MARK_PUBLISHED: &str =
     "UPDATE sched_events SET published = 1 WHERE id = ?1 AND published = 0";
 

@@ -282,7 +282,11 @@ impl SchedulerStore for SqliteStore {
 
     async fn outbox(&self, limit: usize) -> Result<Vec<EventRow>> {
         self.reader
-            .run(move |conn| all(conn, SQLITE_OUTBOX, [limit as i64], |r| rows::event(r)))
+            .run(move |conn| {
+                all(conn, SQLITE_OUTBOX, [limit as i64], |r| {
+                    rows::outbox_event(r)
+                })
+            })
             .await
     }
 

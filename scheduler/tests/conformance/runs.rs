@@ -258,6 +258,16 @@ pub async fn outbox_in_order(s: Store) {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(ids, sorted, "commit order");
+    // A task's events carry its trace context, to be published as a header.
+    for e in &pending {
+        let want = if e.task_id.is_empty() {
+            ""
+        } else {
+            TRACEPARENT
+        };
+        assert_eq!(e.traceparent, want, "{:?}", e.kind);
+    }
+    assert!(pending.iter().any(|e| !e.task_id.is_empty()));
     s.mark_published(&ids[..4]).await.unwrap();
     let rest = s.outbox(100).await.unwrap();
     assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[4..]);
