@@ -127,6 +127,19 @@ pub fn inject(span: &Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
 }
 
+/// A request to another mesh service, carrying the current span's context
+/// when traces are on.
+pub fn request<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if enabled() {
+        let tp = traceparent(&Span::current());
+        if let Ok(v) = tp.parse() {
+            req.metadata_mut().insert(TRACEPARENT, v);
+        }
+    }
+    req
+}
+
 struct HeadersMut<'a>(&'a mut HeaderMap);
 
 impl Injector for HeadersMut<'_> {

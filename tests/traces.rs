@@ -261,6 +261,14 @@ async fn one_submit_through_the_gateway_is_one_trace_across_every_hop() {
         "the gateway span names the method it proxied"
     );
     assert!(gateway.parent.is_empty(), "the CLI sent no trace context");
+    // The scheduler's lookup of the agent in the registry is in the trace.
+    let spans = receiver.0.lock().clone();
+    assert!(
+        spans.iter().any(|s| s.component == "registry"
+            && s.parent == scheduler.id
+            && s.name.starts_with("/devcycle.registry.v1.AgentRegistry/")),
+        "no registry span under the scheduler's: {spans:#?}"
+    );
 }
 
 /// The trace as an indented tree, root first (printed for the record).

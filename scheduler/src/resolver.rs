@@ -89,7 +89,7 @@ impl Resolver {
                     agent: name.clone(),
                     version: version.clone().unwrap_or_default(),
                 };
-                match client.get_version(req).await {
+                match client.get_version(devcycle::otel::request(req)).await {
                     Ok(r) => r.into_inner().version.ok_or_else(|| {
                         Error::Unavailable("the registry returned no version".into())
                     }),
@@ -123,7 +123,7 @@ impl Resolver {
                     ..Default::default()
                 };
                 let r = client
-                    .find_agents(req)
+                    .find_agents(devcycle::otel::request(req))
                     .await
                     .map_err(|s| Error::Unavailable(format!("registry: {}", s.message())))?
                     .into_inner();
