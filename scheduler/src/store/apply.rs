@@ -230,13 +230,18 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
 }
 
 /// The attempts that failed in this batch: `TaskFailed` (to be retried) and
-/// `TaskDead` events, with their tasks' agents.
+/// `TaskDead` events, with their tasks' agents. Most batches have none.
 fn failed_attempts(tasks: &[TaskRow], events: &[EventRow]) -> Vec<super::FailedAttempt> {
+    let failed = |e: &&EventRow| matches!(e.kind, EventKind::TaskFailed | EventKind::TaskDead);
+    if !events.iter().any(|e| failed(&e)) {
+        return Vec::new();
+    }
+    let by_id: HashMap<&str, &TaskRow> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     events
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::TaskFailed | EventKind::TaskDead))
+        .filter(failed)
         .filter_map(|e| {
-            let t = tasks.iter().find(|t| t.id == e.task_id)?;
+            let t = by_id.get(e.task_id.as_str())?;
             let kind = t.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
             Some(super::FailedAttempt {
                 agent: t.agent.clone(),
