@@ -2,15 +2,16 @@
 //! rollout, and the plaintext health port that probes without a mesh
 //! certificate use.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_devcycle");
+use common::BIN;
 
 #[test]
 fn migrate_applies_once_and_again_is_a_no_op() {
@@ -49,27 +50,14 @@ async fn the_health_port_answers_without_tls_and_turns_not_serving_on_shutdown()
         .unwrap()
         .port();
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["up", "--data-dir"])
-        .arg(data.path())
-        .args(["--registry-listen", "127.0.0.1:0"])
-        .args(["--scheduler-listen", "127.0.0.1:0"])
-        .args(["--executor-listen", "127.0.0.1:0"])
-        .args(["--gateway-listen", "127.0.0.1:0"])
-        .env("DEVCYCLE_METRICS__LISTEN", "")
-        .env("DEVCYCLE_HEALTH__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DEVCYCLE_SHUTDOWN__HEALTH_GRACE", "3s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().trim().starts_with("stop with Ctrl-C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let health_listen = format!("127.0.0.1:{port}");
+    let mut mesh = common::up(
+        data.path(),
+        &[
+            ("DEVCYCLE_HEALTH__LISTEN", health_listen.as_str()),
+            ("DEVCYCLE_SHUTDOWN__HEALTH_GRACE", "3s"),
+        ],
+    );
 
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
@@ -102,7 +90,7 @@ async fn the_health_port_answers_without_tls_and_turns_not_serving_on_shutdown()
     );
 
     // SIGTERM: NOT_SERVING through the health grace, before the exit.
-    nix_kill(child.id());
+    nix_kill(mesh.child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if status("").await.ok() == Some(ServingStatus::NotServing as i32) {
@@ -115,7 +103,7 @@ async fn the_health_port_answers_without_tls_and_turns_not_serving_on_shutdown()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = health.check(HealthCheckRequest::default()).await;
-    let _ = child.wait();
+    let _ = mesh.child.wait();
 }
 
 fn nix_kill(pid: u32) {

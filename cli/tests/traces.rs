@@ -4,9 +4,9 @@
 //! `TRACEPARENT`. Spans are exported by `devcycle up` over OTLP/gRPC to a
 //! receiver in this test.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_devcycle");
 const PASSWORD: &str = "traces-test-password-1";
 
 #[derive(Debug, Clone)]
@@ -71,73 +70,6 @@ impl TraceService for Receiver {
     }
 }
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `devcycle up` exporting to `endpoint`; returns it and the gateway address.
-fn up(data: &Path, endpoint: &str) -> (Up, String) {
-    let mut child = Command::new(BIN)
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--registry-listen", "127.0.0.1:0"])
-        .args(["--scheduler-listen", "127.0.0.1:0"])
-        .args(["--executor-listen", "127.0.0.1:0"])
-        .args(["--gateway-listen", "127.0.0.1:0"])
-        .env("DEVCYCLE_METRICS__LISTEN", "")
-        .env("DEVCYCLE_GATEWAY__ADMIN_PASSWORD", PASSWORD)
-        // What is traced here is not the sandbox.
-        .env("DEVCYCLE_EXECUTOR__ALLOW_UNSANDBOXED", "true")
-        .env("RUST_LOG", "warn")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn devcycle up");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.expect("read stdout");
-        let line = line.trim();
-        if line.starts_with("stop with Ctrl-C") {
-            break;
-        }
-        if let Some(rest) = line.strip_prefix("gateway") {
-            addr = rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Up(child), addr.expect("the gateway's address"))
-}
-
-fn cli(data: &Path, addr: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("DEVCYCLE_CLIENT__GATEWAY", addr)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run devcycle");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().expect("run devcycle");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "devcycle {args:?}: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 const AGENT: &str = r#"name: tracer
 owner: platform
 description: Prints the trace context it was given
@@ -174,7 +106,15 @@ async fn one_submit_through_the_gateway_is_one_trace_across_every_hop() {
     );
     std::fs::write(&agent, AGENT).unwrap();
     std::fs::write(&workflow, WORKFLOW).unwrap();
-    let (_mesh, addr) = tokio::task::block_in_place(|| up(d, &endpoint));
+    let env = [
+        ("DEVCYCLE_GATEWAY__ADMIN_PASSWORD", PASSWORD),
+        // What is traced here is not the sandbox.
+        ("DEVCYCLE_EXECUTOR__ALLOW_UNSANDBOXED", "true"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let mesh = tokio::task::block_in_place(|| common::up(d, &env));
+    let addr = mesh.addr.clone();
     let run_id = tokio::task::block_in_place(|| {
         let login = ["login", "--username", "admin", "--password-stdin"];
         cli(d, &addr, &login, PASSWORD);
@@ -288,4 +228,11 @@ fn chain_view(spans: &[&Span]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The CLI against the gateway; its stdout, or a failure naming the call.
+fn cli(data: &Path, addr: &str, args: &[&str], stdin: &str) -> String {
+    let (ok, out, err) = common::cli_in(data, addr, args, stdin);
+    assert!(ok, "devcycle {args:?}: {err}");
+    out
 }

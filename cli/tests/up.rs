@@ -2,95 +2,13 @@
 //! one-time token it prints, then register, publish, deploy and roll back
 //! agents with the CLI, through the gateway.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_devcycle");
-
-struct Up {
-    child: Child,
-    /// The gateway's address.
-    addr: String,
-    /// Printed while there are no users.
-    bootstrap: Option<String>,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn up(data: &Path) -> Up {
-    let mut child = Command::new(BIN)
-        .args(["up", "--registry-listen", "127.0.0.1:0"])
-        .args(["--gateway-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("DEVCYCLE_METRICS__LISTEN", "")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn devcycle up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut bootstrap) = (None, None);
-    loop {
-        let line = lines
-            .next()
-            .expect("devcycle up printed its addresses")
-            .expect("read stdout");
-        let line = line.trim();
-        if line.starts_with("stop with Ctrl-C") {
-            break;
-        }
-        if let Some(rest) = line.strip_prefix("gateway") {
-            addr = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if let Some((_, token)) = line.split_once("--bootstrap ") {
-            bootstrap = token.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Up {
-        child,
-        addr: addr.expect("the gateway's address"),
-        bootstrap,
-    }
-}
-
-fn cli(data: &Path, addr: &str, args: &[&str]) -> (bool, String, String) {
-    cli_in(data, addr, args, "")
-}
-
-fn cli_in(data: &Path, addr: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("DEVCYCLE_CLIENT__GATEWAY", addr)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run devcycle");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().expect("run devcycle");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{cli, cli_in, up};
 
 fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agents")
@@ -99,7 +17,7 @@ fn examples() -> std::path::PathBuf {
 #[test]
 fn up_then_register_publish_deploy_and_roll_back() {
     let data = tempfile::tempdir().unwrap();
-    let mut mesh = up(data.path());
+    let mut mesh = up(data.path(), &[]);
     let ok = |args: &[&str]| {
         let (success, out, err) = cli(data.path(), &mesh.addr, args);
         assert!(success, "devcycle {args:?} failed: {err}");
@@ -226,7 +144,7 @@ fn up_then_register_publish_deploy_and_roll_back() {
     }
 
     // Data survives a restart, users included (no new bootstrap token).
-    let mesh = up(data.path());
+    let mesh = up(data.path(), &[]);
     assert!(mesh.bootstrap.is_none());
     let login = ["login", "--username", "admin", "--password-stdin"];
     let (success, _, err) = cli_in(data.path(), &mesh.addr, &login, "first admin password\n");
