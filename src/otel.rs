@@ -33,7 +33,7 @@ pub fn enabled() -> bool {
 }
 
 /// Whether the environment asks for traces.
-pub fn configured() -> bool {
+fn configured() -> bool {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let endpoint = !var("OTEL_EXPORTER_OTLP_ENDPOINT").trim().is_empty()
         || !var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").trim().is_empty();
@@ -153,13 +153,6 @@ impl Injector for HeadersMut<'_> {
     }
 }
 
-/// The trace id in `traceparent`, if well formed (for logs and tests).
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let (_, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,13 +161,5 @@ mod tests {
     fn off_by_default_and_costs_nothing() {
         assert!(!enabled());
         assert_eq!(traceparent(&Span::current()), "");
-    }
-
-    #[test]
-    fn trace_ids_are_checked() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id(""), None);
     }
 }
