@@ -239,6 +239,7 @@ async fn run() {
             max_concurrent_streams: 256,
             admin_password: Some(PASSWORD.into()),
             revocation_sync: Duration::from_millis(250),
+            rate_sync: Duration::from_millis(20),
             drain: Duration::from_secs(1),
         },
         stop.clone(),

@@ -9,6 +9,7 @@ pub mod front;
 pub mod json;
 pub mod jwks;
 pub mod jwt;
+pub mod limits;
 pub mod password;
 pub mod principal;
 pub mod proxy;
@@ -39,6 +40,7 @@ use crate::cache::Cache;
 use crate::front::{Front, FrontConfig, FrontService, Rate};
 use crate::jwks::ExternalIssuer;
 use crate::jwt::{Signer, Verifier};
+use crate::limits::Limiter;
 use crate::revocation::Revocations;
 use crate::store::{Store, UserRow};
 use crate::tokens::{Lifetimes, Minter};
@@ -81,6 +83,8 @@ pub struct Options {
     /// Creates user `admin` with this password when there are no users.
     pub admin_password: Option<String>,
     pub revocation_sync: Duration,
+    /// How often local rate-limit decisions are shared with other replicas.
+    pub rate_sync: Duration,
     pub drain: Duration,
 }
 
@@ -187,6 +191,7 @@ impl Options {
             max_concurrent_streams: g.max_concurrent_streams,
             admin_password: Some(g.admin_password.clone()).filter(|p| !p.is_empty()),
             revocation_sync: Duration::from_millis(250),
+            rate_sync: Duration::from_millis(20),
             drain: config.shutdown.drain,
         })
     }
@@ -259,6 +264,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         opts.revocation_sync,
         shutdown.clone(),
     ));
+    let limits = Limiter::new(&opts.cache);
+    tokio::spawn(Arc::clone(&limits).sync(opts.rate_sync, shutdown.clone()));
     for issuer in &opts.external {
         tokio::spawn(Arc::clone(issuer).refresh_loop(shutdown.clone()));
     }
@@ -340,7 +347,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         },
         verifier,
         revocations,
-        Arc::clone(&opts.cache),
+        limits,
         recorder,
         routes,
     );

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use devcycle_gateway::cache::{Bucket, Cache, MemoryCache, RedisCache, Rotation, SessionRecord};
+use devcycle_gateway::cache::{
+    Bucket, Cache, Charge, MemoryCache, RedisCache, Rotation, SessionRecord,
+};
+use devcycle_gateway::limits::Limiter;
 
 pub fn redis_url() -> String {
     std::env::var("DEVCYCLE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -141,13 +144,86 @@ async fn gcra_allows_the_burst_then_spaces_requests(c: Arc<dyn Cache>) {
     }
 }
 
+async fn charges_count_admitted_requests_without_refusing(c: Arc<dyn Cache>) {
+    let b = Bucket {
+        key: "c".into(),
+        interval_us: 100_000,
+        burst: 2,
+    };
+    let charge = |n, since_us| Charge {
+        bucket: b.clone(),
+        n,
+        since_us,
+    };
+    let t0 = devcycle::time::now_ms() * 1000;
+    // Reading a bucket never used: full, its arrival time is now.
+    assert_eq!(c.charge(&[charge(0, t0)], t0).await.unwrap(), [t0]);
+    // Five admitted elsewhere from t0 on, counted 50 ms later: past the
+    // burst, not refused, spaced from the first.
+    assert_eq!(
+        c.charge(&[charge(5, t0)], t0 + 50_000).await.unwrap(),
+        [t0 + 500_000]
+    );
+    // The debt is paid back before anything else is allowed.
+    let d = c.rate(std::slice::from_ref(&b), t0 + 50_000).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_us, 350_000);
+    // A read changes nothing.
+    assert_eq!(
+        c.charge(&[charge(0, t0 + 60_000)], t0 + 60_000)
+            .await
+            .unwrap(),
+        [t0 + 500_000]
+    );
+}
+
 devcycle::conformance! {
     tests: [
     sessions_rotate_and_detect_reuse,
     idle_sessions_end,
     revocations_last_until_they_expire,
-    gcra_allows_the_burst_then_spaces_requests
+    gcra_allows_the_burst_then_spaces_requests,
+    charges_count_admitted_requests_without_refusing
     ],
     memory(run) => { run(Arc::new(MemoryCache::default())).await },
     redis(run) => { run(redis().await).await },
+}
+
+/// Two replicas' limiters over one Redis: each decides alone and learns
+/// what the other spent when it next charges its own admissions.
+#[tokio::test]
+async fn replicas_share_rate_limits_through_redis() {
+    let cache = redis().await;
+    let (a, b) = (Limiter::new(&cache), Limiter::new(&cache));
+    let k = |key: &str| Bucket {
+        key: key.into(),
+        interval_us: 1_000_000,
+        burst: 3,
+    };
+    let t = devcycle::time::now_ms() * 1000;
+    for _ in 0..3 {
+        a.admit(&[k("one")], t).await.unwrap();
+    }
+    assert_eq!(a.admit(&[k("one")], t).await, Err(1_000_000));
+    a.sync_once().await.unwrap();
+    // b has never seen the bucket: it loads what a spent.
+    assert!(b.admit(&[k("one")], t).await.is_err());
+
+    // Both admit before either syncs: 4 in a burst of 3.
+    for l in [&a, &b] {
+        l.admit(&[k("two")], t).await.unwrap();
+        l.admit(&[k("two")], t).await.unwrap();
+    }
+    a.sync_once().await.unwrap();
+    b.sync_once().await.unwrap();
+    // b charged last, so it knows of all four (the arrival time is 4 s on,
+    // the burst 3) and refuses until the overshoot is paid back.
+    let later = t + 1_000_000;
+    assert_eq!(b.admit(&[k("two")], later).await, Err(1_000_000));
+    // a hears of b's two when it next charges: one more gets through first,
+    // within the bound (what one replica admits between syncs) ...
+    assert_eq!(a.admit(&[k("two")], later).await, Ok(()));
+    a.sync_once().await.unwrap();
+    // ... and then a knows of all five.
+    assert_eq!(a.admit(&[k("two")], later).await, Err(2_000_000));
 }

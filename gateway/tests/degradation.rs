@@ -1,7 +1,7 @@
 //! Two gateways behind one Redis, and what happens when Redis goes away:
-//! revocations stay in force (fail closed), rate limits are not enforced
-//! (fail open), logins are UNAVAILABLE, and everything recovers without a
-//! restart when Redis returns. The Redis server here is the test's own, so
+//! revocations stay in force (fail closed), each replica enforces rate
+//! limits on its own, logins are UNAVAILABLE, and everything recovers
+//! without a restart when Redis returns. The Redis server here is the test's own, so
 //! it can be stopped.
 
 mod common;
@@ -81,18 +81,18 @@ async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, mut f: F) -> Dura
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
+async fn redis_outage_fails_closed_for_revocation_local_for_rate_limits() {
     let port = free_port();
     let redis = Redis::start(port);
     let (mut s, dir) = setup(cache(&redis.url()).await);
-    s.per_principal = (1.0, 3);
+    s.per_principal = (0.2, 3);
     let (signer, ca, db_url) = (Arc::clone(&s.signer), Arc::clone(&s.ca), s.db_url.clone());
     let a = start(s, Some(dir)).await;
     let (mut s2, _dir2) = setup(cache(&redis.url()).await);
     s2.signer = signer;
     s2.ca = ca;
     s2.db_url = db_url;
-    s2.per_principal = (1.0, 3);
+    s2.per_principal = (0.2, 3);
     let b = start(s2, None).await;
 
     // Each phase has its own principal, so that one phase's calls (a poll
@@ -138,10 +138,6 @@ async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
         let e = gw.whoami(&t1.access_token).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     }
-    // Rate limits fail open: far past the burst of 3, every call passes.
-    for _ in 0..8 {
-        a.whoami(&live.access_token).await.unwrap();
-    }
     // Logins and refreshes need the session store.
     let e = a
         .auth()
@@ -163,6 +159,18 @@ async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
         Code::Unavailable,
         "a logout that cannot be shared is not claimed: {e:?}"
     );
+    // Rate limits hold, each replica on its own: of 8 more calls by a
+    // principal with a burst of 3 at one per 5 s, the first passes and some
+    // are refused.
+    a.whoami(&live.access_token).await.unwrap();
+    let mut refused = 0;
+    for _ in 1..8 {
+        if let Err(e) = a.whoami(&live.access_token).await {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "limits apply while Redis is away");
 
     // Redis returns (empty: no persistence here): both recover, no restart.
     let _redis = Redis::start(port);
@@ -177,16 +185,33 @@ async fn redis_outage_fails_closed_for_revocation_open_for_rate_limits() {
             .is_ok()
     })
     .await;
-    let fresh = b.admin().await;
-    // Rate limits are enforced again.
-    let mut limited = false;
-    for _ in 0..6 {
-        if let Err(e) = b.whoami(&fresh.access_token).await {
-            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-            limited = true;
-        }
+    // Rate limits are shared again: what b admits, a refuses. b spends the
+    // burst of a principal a has not seen, and once b has charged Redis, a
+    // loads that bucket and refuses its first call.
+    let fresh = b.user("fresh", &[pb::Role::Viewer]).await;
+    for _ in 0..3 {
+        b.whoami(&fresh.access_token).await.unwrap();
     }
-    assert!(limited, "rate limits apply again");
+    let redis = cache(&format!("redis://127.0.0.1:{port}")).await;
+    let charged = devcycle_gateway::cache::Bucket {
+        key: "p:fresh".into(),
+        interval_us: 5_000_000,
+        burst: 3,
+    };
+    eventually(Duration::from_secs(5), async || {
+        let now_us = devcycle::time::now_ms() * 1000;
+        let c = devcycle_gateway::cache::Charge {
+            bucket: charged.clone(),
+            n: 0,
+            since_us: now_us,
+        };
+        // Three charged: the arrival time is 15 s after the first call, and
+        // a call is refused while it is over 10 s on.
+        redis.charge(&[c], now_us).await.unwrap()[0] > now_us + 12_000_000
+    })
+    .await;
+    let e = a.whoami(&fresh.access_token).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // What was revoked before the outage is still refused.
     let e = a.whoami(&revoked.access_token).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Bucket, Cache, CacheError, RateDecision, Rotation, SessionRecord, gcra};
+use super::{
+    Bucket, Cache, CacheError, Charge, RateDecision, Rotation, SessionRecord, charged, gcra,
+};
 
 /// Buckets are swept of idle entries when there are more than this many.
 const SWEEP_AT: usize = 100_000;
@@ -193,5 +195,19 @@ impl Cache for MemoryCache {
             allowed: true,
             retry_after_us: 0,
         })
+    }
+
+    async fn charge(&self, charges: &[Charge], now_us: i64) -> Result<Vec<i64>, CacheError> {
+        let mut rates = self.rates.lock();
+        Ok(charges
+            .iter()
+            .map(|c| {
+                let tat = charged(rates.get(&c.bucket.key).copied(), now_us, c);
+                if c.n > 0 {
+                    rates.insert(c.bucket.key.clone(), tat);
+                }
+                tat
+            })
+            .collect())
     }
 }

@@ -56,6 +56,15 @@ pub struct Bucket {
     pub burst: u32,
 }
 
+/// Requests a replica has already admitted on its own: `n` of them, the
+/// first at `since_us`, to be counted in the shared bucket.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub bucket: Bucket,
+    pub n: u32,
+    pub since_us: i64,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("session store unavailable: {0}")]
 pub struct CacheError(pub String);
@@ -83,6 +92,22 @@ pub trait Cache: Send + Sync + 'static {
     async fn revocations(&self, now_ms: i64) -> Result<Vec<(String, i64)>, CacheError>;
     /// GCRA over `buckets` at `now_us`.
     async fn rate(&self, buckets: &[Bucket], now_us: i64) -> Result<RateDecision, CacheError>;
+    /// Counts admitted requests in their buckets without refusing any
+    /// (`n = 0` only reads) and returns each bucket's theoretical arrival
+    /// time afterwards, never before `now_us`.
+    async fn charge(&self, charges: &[Charge], now_us: i64) -> Result<Vec<i64>, CacheError>;
+    /// Whether other gateway replicas share this cache (then each replica's
+    /// local rate limits are reconciled through it).
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// The theoretical arrival time after `c`, from the stored one: its requests
+/// are spaced from the first, not from when they are counted.
+pub fn charged(tat: Option<i64>, now_us: i64, c: &Charge) -> i64 {
+    let tat = tat.unwrap_or(c.since_us).max(c.since_us.min(now_us));
+    (tat + c.bucket.interval_us * i64::from(c.n)).max(now_us)
 }
 
 /// The GCRA step for one bucket: the new theoretical arrival time if allowed,

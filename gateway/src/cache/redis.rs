@@ -11,7 +11,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::sorted_sets::Ordering;
 
-use super::{Bucket, Cache, CacheError, RateDecision, Rotation, SessionRecord};
+use super::{Bucket, Cache, CacheError, Charge, RateDecision, Rotation, SessionRecord};
 
 pub struct RedisCache {
     client: Client,
@@ -20,6 +20,7 @@ pub struct RedisCache {
     /// Sent by digest (EVALSHA), loaded again if the server lost them.
     rotate: Script,
     gcra: Script,
+    charge: Script,
 }
 
 const ROTATE: &str = r#"
@@ -68,6 +69,26 @@ end
 return 0
 "#;
 
+/// Counts admitted requests (`Charge`, see `cache::charged`): ARGV = now,
+/// then (interval, n, since) per key. Returns each key's arrival time after.
+const CHARGE: &str = r#"
+local now = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local t = tonumber(ARGV[3 * i - 1])
+  local n = tonumber(ARGV[3 * i])
+  local since = tonumber(ARGV[3 * i + 1])
+  local tat = tonumber(redis.call('GET', key)) or since
+  tat = math.max(tat, math.min(since, now))
+  tat = math.max(tat + t * n, now)
+  if n > 0 then
+    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+  end
+  out[i] = tat
+end
+return out
+"#;
+
 fn err(e: fred::error::Error) -> CacheError {
     CacheError(e.to_string())
 }
@@ -94,6 +115,7 @@ impl RedisCache {
             prefix: prefix.to_owned(),
             rotate: Script::from_lua(ROTATE),
             gcra: Script::from_lua(GCRA),
+            charge: Script::from_lua(CHARGE),
         })
     }
 
@@ -123,6 +145,9 @@ impl RedisCache {
     }
     fn revoked_key(&self) -> String {
         format!("{}revoked", self.prefix)
+    }
+    fn rate_key(&self, b: &Bucket) -> String {
+        format!("{}r:{}", self.prefix, b.key)
     }
 
     async fn load(&self, id: &str) -> Result<Option<SessionRecord>, CacheError> {
@@ -290,12 +315,28 @@ impl Cache for RedisCache {
         Ok(v.into_iter().map(|(k, s)| (k, s as i64)).collect())
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn charge(&self, charges: &[Charge], now_us: i64) -> Result<Vec<i64>, CacheError> {
+        self.up()?;
+        let keys: Vec<String> = charges.iter().map(|c| self.rate_key(&c.bucket)).collect();
+        let mut args = vec![now_us.to_string()];
+        for c in charges {
+            args.push(c.bucket.interval_us.to_string());
+            args.push(c.n.to_string());
+            args.push(c.since_us.to_string());
+        }
+        self.charge
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(err)
+    }
+
     async fn rate(&self, buckets: &[Bucket], now_us: i64) -> Result<RateDecision, CacheError> {
         self.up()?;
-        let keys: Vec<String> = buckets
-            .iter()
-            .map(|b| format!("{}r:{}", self.prefix, b.key))
-            .collect();
+        let keys: Vec<String> = buckets.iter().map(|b| self.rate_key(b)).collect();
         let mut args = vec![now_us.to_string()];
         for b in buckets {
             args.push(b.interval_us.to_string());

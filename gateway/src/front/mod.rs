@@ -10,7 +10,6 @@ mod target;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -24,9 +23,10 @@ pub use self::audited::code_name;
 use self::audited::{audited, finish_row};
 use self::target::target_of;
 use crate::audit::Recorder;
-use crate::cache::{Bucket, Cache};
+use crate::cache::Bucket;
 use crate::error::{Error, bad_token};
 use crate::jwt::{ACCESS_TYP, Verifier};
+use crate::limits::Limiter;
 use crate::principal::{Authenticated, BEARER_REQUIRED, BootstrapCredential, ClientAddr};
 use crate::proxy::Routes;
 use crate::rbac::{self, Access, Roles, Rule};
@@ -52,11 +52,10 @@ pub struct Front {
     pub config: FrontConfig,
     pub verifier: Arc<Verifier>,
     pub revocations: Arc<Revocations>,
-    pub cache: Arc<dyn Cache>,
+    pub limits: Arc<Limiter>,
     pub recorder: Recorder,
     pub routes: Routes,
     tokens: TokenCache,
-    last_fail_open_warning: AtomicI64,
 }
 
 /// What admission decided about a request.
@@ -71,7 +70,7 @@ impl Front {
         config: FrontConfig,
         verifier: Arc<Verifier>,
         revocations: Arc<Revocations>,
-        cache: Arc<dyn Cache>,
+        limits: Arc<Limiter>,
         recorder: Recorder,
         routes: Routes,
     ) -> Arc<Self> {
@@ -79,11 +78,10 @@ impl Front {
             config,
             verifier,
             revocations,
-            cache,
+            limits,
             recorder,
             routes,
             tokens: TokenCache::default(),
-            last_fail_open_warning: AtomicI64::new(0),
         })
     }
 
@@ -264,29 +262,17 @@ impl Front {
         }
     }
 
-    /// Applies rate limits; when the shared store is unreachable the request
-    /// is let through (fail open) and counted.
+    /// Applies rate limits (`limits`: decided locally, shared in the
+    /// background).
     async fn limit(&self, buckets: &[Bucket]) -> Result<(), Error> {
         let now_us = devcycle::time::now_ms() * 1000;
-        match self.cache.rate(buckets, now_us).await {
-            Ok(d) if d.allowed => Ok(()),
-            Ok(d) => {
-                metrics::counter!("devcycle_gateway_rate_limited_total").increment(1);
-                Err(Error::RateLimited {
-                    what: "requests",
-                    wait_us: d.retry_after_us,
-                })
+        self.limits.admit(buckets, now_us).await.map_err(|wait_us| {
+            metrics::counter!("devcycle_gateway_rate_limited_total").increment(1);
+            Error::RateLimited {
+                what: "requests",
+                wait_us,
             }
-            Err(e) => {
-                metrics::counter!("devcycle_gateway_ratelimit_fail_open_total").increment(1);
-                let last = self.last_fail_open_warning.load(Ordering::Relaxed);
-                if now_us - last > 10_000_000 {
-                    self.last_fail_open_warning.store(now_us, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "rate limits not enforced: their store is unreachable");
-                }
-                Ok(())
-            }
-        }
+        })
     }
 
     async fn read_unary(&self, body: Body) -> Result<Bytes, Error> {

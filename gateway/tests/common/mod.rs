@@ -122,6 +122,7 @@ pub async fn start_on(s: Setup, dir: Option<tempfile::TempDir>, addr: &str) -> G
         max_concurrent_streams: 64,
         admin_password: s.admin_password,
         revocation_sync: Duration::from_millis(100),
+        rate_sync: Duration::from_millis(10),
         drain: Duration::from_secs(1),
     };
     let running = devcycle_gateway::start(opts, stop.clone()).await.unwrap();
