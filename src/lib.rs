@@ -9,6 +9,7 @@ pub mod db;
 pub mod denylist;
 pub mod health;
 pub mod identity;
+pub mod inproc;
 pub mod kinds;
 pub mod mesh;
 pub mod otel;

@@ -192,6 +192,15 @@ impl MeshServer {
             routes = routes.add_service(v1).add_service(v1alpha);
         }
         let addr = self.listener.local_addr()?;
+        let stack = tower::ServiceBuilder::new()
+            .layer(GrpcMetricsLayer::new(self.name))
+            .layer(AuthzLayer::new(
+                self.policy.clone(),
+                self.gateway.clone(),
+                self.denylist.clone(),
+            ))
+            .service(routes.clone().prepare());
+        let local = crate::inproc::register(addr, crate::inproc::LocalService::new(stack));
         let incoming = incoming(self.listener, self.tls);
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -210,6 +219,8 @@ impl MeshServer {
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let deadline = async {
             shutdown.cancelled().await;
+            // No new in-process calls once shutdown begins.
+            drop(local);
             tokio::time::sleep(self.health_grace + self.drain).await;
         };
         tokio::select! {

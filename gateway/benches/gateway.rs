@@ -232,6 +232,8 @@ async fn run() {
                 addr: registry.addr.to_string(),
                 id: TestPki::id(Kind::Service, "registry"),
             }],
+            in_process_calls: std::env::var("DEVCYCLE_BENCH_GATEWAY_HOP").as_deref()
+                != Ok("network"),
             origins: Vec::new(),
             max_message_bytes: 4 << 20,
             per_principal: rate(1e6, 1_000_000),

@@ -75,6 +75,9 @@ pub struct Options {
     pub external: Vec<Arc<ExternalIssuer>>,
     pub ca: Option<Arc<CertificateAuthority>>,
     pub routes: Vec<Route>,
+    /// Routes to services in this process are called in memory
+    /// (`devcycle::inproc`).
+    pub in_process_calls: bool,
     pub origins: Vec<String>,
     pub max_message_bytes: usize,
     pub per_principal: Rate,
@@ -184,6 +187,7 @@ impl Options {
             external,
             ca,
             routes,
+            in_process_calls: g.in_process_calls,
             origins: g.allowed_origins.clone(),
             max_message_bytes: g.max_message_bytes as usize,
             per_principal: rate(g.rate_per_principal, g.burst_per_principal),
@@ -329,7 +333,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         ],
     );
     for r in &opts.routes {
-        let upstream = proxy::Upstream::new(&opts.tls, &r.addr, r.id.clone());
+        let upstream =
+            proxy::Upstream::new(&opts.tls, &r.addr, r.id.clone(), opts.in_process_calls);
         routes = routes.remote(r.service, upstream);
     }
     let origins = opts

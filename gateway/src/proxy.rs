@@ -1,9 +1,11 @@
 //! Where a call goes: the gateway's own services (Auth, Audit, health,
-//! reflection) in process, every other service over mTLS to its owner,
-//! chosen by the method's service name. No code per RPC: a new method of a
-//! routed service is served once it has a policy entry.
+//! reflection) in process, every other service to its owner, chosen by the
+//! method's service name: in memory when the owner is served by this same
+//! process (`devcycle::inproc`), else over mTLS. No code per RPC: a new
+//! method of a routed service is served once it has a policy entry.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tonic::body::Body;
 use tower::ServiceExt;
 
 use crate::error::Error;
+use crate::principal::ClientAddr;
 use crate::rbac::service_of;
 
 /// One HTTP/2 connection over mTLS to a service, redialled when it closes.
@@ -24,6 +27,10 @@ use crate::rbac::service_of;
 /// hop per call is measurable on the gateway's path).
 pub struct Upstream {
     authority: String,
+    /// The address, when calls to a service served by this process at it
+    /// may go in memory.
+    in_process: Option<SocketAddr>,
+    tls: Arc<MeshTls>,
     connector: MeshConnector,
     /// The live connection, read without locking on every call.
     current: arc_swap::ArcSwapOption<SendRequest<Body>>,
@@ -32,9 +39,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(tls: &Arc<MeshTls>, addr: &str, expect: SpiffeId) -> Arc<Self> {
+    pub fn new(tls: &Arc<MeshTls>, addr: &str, expect: SpiffeId, in_process: bool) -> Arc<Self> {
         Arc::new(Self {
             authority: addr.to_owned(),
+            in_process: addr.parse().ok().filter(|_| in_process),
+            tls: Arc::clone(tls),
             connector: MeshConnector::new(tls, Some(expect)),
             current: arc_swap::ArcSwapOption::empty(),
             dialling: tokio::sync::Mutex::new(()),
@@ -78,6 +87,22 @@ impl Upstream {
     }
 
     async fn call(&self, mut req: Request<Body>) -> Result<Response<Body>, String> {
+        if let Some(local) = self.in_process.and_then(devcycle::inproc::lookup) {
+            // What the service would learn from the mTLS connection, and
+            // nothing else of this side's request state.
+            let remote = req
+                .extensions()
+                .get::<ClientAddr>()
+                .map_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), |a| {
+                    a.0
+                });
+            *req.extensions_mut() = http::Extensions::new();
+            req.extensions_mut().insert(self.tls.connect_info(remote));
+            return match local.oneshot(req).await {
+                Ok(res) => Ok(res),
+                Err(never) => match never {},
+            };
+        }
         let path = req
             .uri()
             .path_and_query()

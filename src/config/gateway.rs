@@ -23,6 +23,10 @@ pub struct GatewayConfig {
     pub registry: String,
     pub scheduler: String,
     pub executor: String,
+    /// A routed service served by this same process (`devcycle up`) is
+    /// called in memory, through its same authorization and metrics, instead
+    /// of over mTLS loopback.
+    pub in_process_calls: bool,
     /// Browser origins allowed to call over grpc-web, e.g.
     /// `https://ci.example.com`. Exact matches; `null` and `*` are refused.
     pub allowed_origins: Vec<String>,
@@ -126,6 +130,7 @@ impl Default for GatewayConfig {
             registry: "127.0.0.1:7401".into(),
             scheduler: "127.0.0.1:7402".into(),
             executor: String::new(),
+            in_process_calls: true,
             allowed_origins: Vec::new(),
             issuer: "https://devcycle.local".into(),
             audience: "devcycle".into(),

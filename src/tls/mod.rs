@@ -79,6 +79,10 @@ pub(crate) struct Material {
     roots: Arc<RootCertStore>,
     client_verifier: Arc<dyn ClientCertVerifier>,
     id: SpiffeId,
+    /// The same ID as presented to peers in process ([`crate::inproc`]),
+    /// with when the certificate was issued.
+    peer: Arc<SpiffeId>,
+    issued_ms: i64,
 }
 
 /// Where the material comes from, for reloads.
@@ -154,6 +158,17 @@ impl MeshTls {
     /// This workload's own SPIFFE ID.
     pub fn id(&self) -> SpiffeId {
         self.material().id.clone()
+    }
+
+    /// Who this workload is to a service it calls in process: what an
+    /// mTLS handshake would have established.
+    pub fn connect_info(&self, remote: std::net::SocketAddr) -> MeshConnectInfo {
+        let m = self.material();
+        MeshConnectInfo {
+            remote,
+            peer: Some(Arc::clone(&m.peer)),
+            issued_ms: m.issued_ms,
+        }
     }
 
     pub(crate) fn material(&self) -> arc_swap::Guard<Arc<Material>> {
@@ -327,11 +342,14 @@ fn build_material(
         WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(provider()))
             .build()
             .map_err(|e| parse_err("trust bundle", &e))?;
+    let issued_ms = verify::issued_ms(leaf);
     Ok(Material {
         key: Arc::new(CertifiedKey::new(chain, signing_key)),
         roots,
         client_verifier,
+        peer: Arc::new(id.clone()),
         id,
+        issued_ms,
     })
 }
 

@@ -33,6 +33,7 @@ pub struct Setup {
     pub per_principal: (f64, u32),
     pub per_address: (f64, u32),
     pub routes: Vec<Route>,
+    pub in_process_calls: bool,
     pub bus: Arc<devcycle::bus::InProcessBus>,
     pub access_s: i64,
 }
@@ -70,6 +71,7 @@ pub fn setup(cache: Arc<dyn Cache>) -> (Setup, tempfile::TempDir) {
             per_principal: (1000.0, 2000),
             per_address: (1000.0, 2000),
             routes: Vec::new(),
+            in_process_calls: true,
             bus: Arc::new(devcycle::bus::InProcessBus::default()),
             access_s: 600,
         },
@@ -115,6 +117,7 @@ pub async fn start_on(s: Setup, dir: Option<tempfile::TempDir>, addr: &str) -> G
         external: s.external,
         ca: Some(Arc::clone(&s.ca)),
         routes: s.routes,
+        in_process_calls: s.in_process_calls,
         origins: s.origins,
         max_message_bytes: 64 * 1024,
         per_principal: rate(s.per_principal.0, s.per_principal.1),
