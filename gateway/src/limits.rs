@@ -28,12 +28,23 @@ use crate::cache::{Bucket, Cache, CacheError, Charge, gcra};
 
 /// A bucket unused this long on a replica is forgotten there.
 pub const IDLE_US: i64 = 60_000_000;
+/// How often idle buckets are looked for.
+const SWEEP_US: i64 = 1_000_000;
 
 pub struct Limiter {
-    buckets: Mutex<HashMap<String, Local>>,
+    state: Mutex<State>,
     /// The cache shared with other replicas; `None` in one process.
     shared: Option<Arc<dyn Cache>>,
     last_warning_us: AtomicI64,
+}
+
+#[derive(Default)]
+struct State {
+    buckets: HashMap<String, Local>,
+    /// Keys with admissions not yet charged, so a sync costs what changed,
+    /// not every bucket known.
+    dirty: Vec<String>,
+    last_sweep_us: i64,
 }
 
 /// This replica's view of one bucket.
@@ -71,7 +82,7 @@ impl Limiter {
     /// `shared`: the cache other replicas use, when it is shared.
     pub fn new(cache: &Arc<dyn Cache>) -> Arc<Self> {
         Arc::new(Self {
-            buckets: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             shared: cache.shared().then(|| Arc::clone(cache)),
             last_warning_us: AtomicI64::new(0),
         })
@@ -96,7 +107,12 @@ impl Limiter {
     /// `create` or when nothing is shared, else the answer is `Cold`.
     fn check(&self, buckets: &[Bucket], now_us: i64, create: bool) -> Decision {
         let create = create || self.shared.is_none();
-        let mut map = self.buckets.lock();
+        let mut state = self.state.lock();
+        let State {
+            buckets: map,
+            dirty,
+            ..
+        } = &mut *state;
         let mut wait = 0;
         for b in buckets {
             let tat = match map.get_mut(&b.key) {
@@ -126,6 +142,7 @@ impl Limiter {
             if counted {
                 if l.pending == 0 {
                     l.since_us = now_us;
+                    dirty.push(b.key.clone());
                 }
                 l.pending += 1;
             }
@@ -139,7 +156,7 @@ impl Limiter {
     async fn load(&self, buckets: &[Bucket], now_us: i64) {
         let Some(cache) = &self.shared else { return };
         let cold: Vec<Charge> = {
-            let map = self.buckets.lock();
+            let map = &self.state.lock().buckets;
             buckets
                 .iter()
                 .filter(|b| !map.contains_key(&b.key))
@@ -157,7 +174,7 @@ impl Limiter {
                 return;
             }
         };
-        let mut map = self.buckets.lock();
+        let map = &mut self.state.lock().buckets;
         for (c, tat) in cold.iter().zip(tats) {
             let l = map
                 .entry(c.bucket.key.clone())
@@ -171,15 +188,27 @@ impl Limiter {
     pub async fn sync_once(&self) -> Result<(), CacheError> {
         let now_us = devcycle::time::now_ms() * 1000;
         let charges: Vec<Charge> = {
-            let mut map = self.buckets.lock();
-            map.retain(|_, l| l.pending > 0 || now_us - l.last_us < IDLE_US);
-            map.values_mut()
-                .filter(|l| l.pending > 0)
-                .map(|l| Charge {
-                    bucket: l.bucket.clone(),
-                    n: std::mem::take(&mut l.pending),
-                    since_us: l.since_us,
+            let mut state = self.state.lock();
+            let State {
+                buckets,
+                dirty,
+                last_sweep_us,
+            } = &mut *state;
+            if now_us - *last_sweep_us >= SWEEP_US {
+                *last_sweep_us = now_us;
+                buckets.retain(|_, l| l.pending > 0 || now_us - l.last_us < IDLE_US);
+            }
+            dirty
+                .drain(..)
+                .filter_map(|key| {
+                    let l = buckets.get_mut(&key)?;
+                    Some(Charge {
+                        bucket: l.bucket.clone(),
+                        n: std::mem::take(&mut l.pending),
+                        since_us: l.since_us,
+                    })
                 })
+                .filter(|c| c.n > 0)
                 .collect()
         };
         let Some(cache) = &self.shared else {
@@ -190,7 +219,7 @@ impl Limiter {
         }
         match cache.charge(&charges, now_us).await {
             Ok(tats) => {
-                let mut map = self.buckets.lock();
+                let map = &mut self.state.lock().buckets;
                 for (c, tat) in charges.iter().zip(tats) {
                     if let Some(l) = map.get_mut(&c.bucket.key) {
                         l.tat = l.tat.max(tat);
@@ -212,7 +241,7 @@ impl Limiter {
         let every = if self.shared.is_some() {
             every
         } else {
-            Duration::from_secs(10)
+            Duration::from_micros(SWEEP_US as u64)
         };
         loop {
             tokio::select! {
@@ -265,6 +294,8 @@ mod tests {
         assert_eq!(l.admit(&b, 0).await, Ok(()));
         assert_eq!(l.admit(&a, 1_000_000).await, Ok(()));
         // Nothing is charged to a cache that is not shared.
-        assert!(l.buckets.lock().values().all(|l| l.pending == 0));
+        let state = l.state.lock();
+        assert!(state.buckets.values().all(|l| l.pending == 0));
+        assert!(state.dirty.is_empty());
     }
 }
