@@ -192,21 +192,19 @@ impl MeshServer {
             routes = routes.add_service(v1).add_service(v1alpha);
         }
         let addr = self.listener.local_addr()?;
-        let stack = tower::ServiceBuilder::new()
+        // One stack for callers over mTLS and callers in this process.
+        let layers = tower::ServiceBuilder::new()
             .layer(GrpcMetricsLayer::new(self.name))
-            .layer(AuthzLayer::new(
-                self.policy.clone(),
-                self.gateway.clone(),
-                self.denylist.clone(),
-            ))
-            .service(routes.clone().prepare());
-        let local = crate::inproc::register(addr, crate::inproc::LocalService::new(stack));
+            .layer(AuthzLayer::new(self.policy, self.gateway, self.denylist));
+        let local = crate::inproc::register(
+            addr,
+            crate::inproc::LocalService::new(layers.service(routes.clone().prepare())),
+        );
         let incoming = incoming(self.listener, self.tls);
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(GrpcMetricsLayer::new(self.name))
-            .layer(AuthzLayer::new(self.policy, self.gateway, self.denylist))
+            .layer(layers)
             .add_routes(routes);
 
         let signal = stop_signal(

@@ -78,10 +78,9 @@ pub(crate) struct Material {
     key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     client_verifier: Arc<dyn ClientCertVerifier>,
-    id: SpiffeId,
-    /// The same ID as presented to peers in process ([`crate::inproc`]),
-    /// with when the certificate was issued.
-    peer: Arc<SpiffeId>,
+    id: Arc<SpiffeId>,
+    /// When the certificate was issued, presented in process
+    /// ([`crate::inproc`]) as an mTLS peer's would be.
     issued_ms: i64,
 }
 
@@ -157,7 +156,7 @@ impl MeshTls {
 
     /// This workload's own SPIFFE ID.
     pub fn id(&self) -> SpiffeId {
-        self.material().id.clone()
+        SpiffeId::clone(&self.material().id)
     }
 
     /// Who this workload is to a service it calls in process: what an
@@ -166,7 +165,7 @@ impl MeshTls {
         let m = self.material();
         MeshConnectInfo {
             remote,
-            peer: Some(Arc::clone(&m.peer)),
+            peer: Some(Arc::clone(&m.id)),
             issued_ms: m.issued_ms,
         }
     }
@@ -347,8 +346,7 @@ fn build_material(
         key: Arc::new(CertifiedKey::new(chain, signing_key)),
         roots,
         client_verifier,
-        peer: Arc::new(id.clone()),
-        id,
+        id: Arc::new(id),
         issued_ms,
     })
 }
