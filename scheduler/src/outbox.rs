@@ -39,14 +39,12 @@ pub fn message(topic: &str, e: &EventRow) -> BusMessage {
         topic: topic.to_owned(),
         key: e.run_id.clone(),
         id: e.event_id.clone(),
-        headers: if e.traceparent.is_empty() {
-            vec![("kind".into(), e.kind.as_str().into())]
-        } else {
-            vec![
-                ("kind".into(), e.kind.as_str().into()),
-                (devcycle::otel::TRACEPARENT.into(), e.traceparent.clone()),
-            ]
-        },
+        headers: std::iter::once(("kind".into(), e.kind.as_str().into()))
+            .chain(
+                (!e.traceparent.is_empty())
+                    .then(|| (devcycle::otel::TRACEPARENT.into(), e.traceparent.clone())),
+            )
+            .collect(),
         payload: wire::event(e).encode_to_vec(),
     }
 }
