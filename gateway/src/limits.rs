@@ -79,7 +79,8 @@ enum Decision {
 }
 
 impl Limiter {
-    /// `shared`: the cache other replicas use, when it is shared.
+    /// Limits shared through `cache` when other replicas use it too
+    /// ([`Cache::shared`]), else decided by this process alone.
     pub fn new(cache: &Arc<dyn Cache>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
@@ -134,9 +135,13 @@ impl Limiter {
         }
         let counted = self.shared.is_some();
         for b in buckets {
-            let l = map
-                .entry(b.key.clone())
-                .or_insert_with(|| Local::new(b, now_us, now_us));
+            // No key is copied for a bucket already known (the usual case).
+            if !map.contains_key(&b.key) {
+                map.insert(b.key.clone(), Local::new(b, now_us, now_us));
+            }
+            let Some(l) = map.get_mut(&b.key) else {
+                continue;
+            };
             l.tat = l.tat.max(now_us) + b.interval_us;
             l.last_us = now_us;
             if counted {
