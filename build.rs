@@ -15,6 +15,8 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // Embedded by `sqlx::migrate!`, which cannot tell cargo on stable Rust.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::Compiler::new(["proto"])?
         .include_imports(true)
         .include_source_info(true)

@@ -17,6 +17,7 @@ devcycle::conformance! {
     sync_match_and_events,
     idempotent_submit_under_concurrent_callers,
     priority_then_age,
+    agent_lists_claim_their_own_queues,
     stale_results_are_fenced,
     expiry_retries_then_dead_letters,
     dag_renders_upstream_outputs,

@@ -164,13 +164,6 @@ pub const PG_INSERT_RUNS: &str = concat!(
     pg_insert_runs!(),
     " ON CONFLICT (created_by, idempotency_key) DO NOTHING RETURNING id"
 );
-/// Runs as compare-and-set on `rev`.
-pub const PG_WRITE_RUNS: &str = concat!(
-    pg_insert_runs!(),
-    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, end_time = excluded.end_time, \
-     last_seq = excluded.last_seq, rev = excluded.rev \
-     WHERE sched_runs.rev = excluded.rev - 1"
-);
 pub const PG_RUNS_BY_KEY: &str = "SELECT created_by, idempotency_key, id FROM sched_runs \
      WHERE (created_by, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))";
 pub const PG_LOCK_RUNS: &str = concat!(
@@ -203,9 +196,17 @@ pub const PG_LOCK_TASKS: &str = concat!(
     " FROM sched_tasks WHERE id = ANY($1) AND run_id = ANY($2) FOR UPDATE"
 );
 pub const PG_RUN_IDS_OF: &str = "SELECT DISTINCT run_id FROM sched_tasks WHERE id = ANY($1)";
+/// The best claimable tasks of any agent (`sched_tasks_queue`).
 pub const PG_CLAIMABLE: &str = "SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \
-     AND ready_at <= $1 AND (cardinality($2::text[]) = 0 OR agent = ANY($2)) AND NOT (id = ANY($3)) \
-     ORDER BY priority DESC, ready_at, id LIMIT $4";
+     AND ready_at <= $1 AND NOT (id = ANY($2)) ORDER BY priority DESC, ready_at, id LIMIT $3";
+/// The best claimable tasks of agents `$2` (distinct): each agent's best
+/// from its own queue (`sched_tasks_agent_queue`), then merged, so another
+/// agent's backlog costs nothing.
+pub const PG_CLAIMABLE_OF: &str = "SELECT q.id FROM UNNEST($2::text[]) AS a(agent), LATERAL \
+     (SELECT id, priority, ready_at FROM sched_tasks t WHERE t.agent = a.agent \
+     AND t.state IN ('ready', 'failed') AND t.ready_at <= $1 AND NOT (t.id = ANY($3)) \
+     ORDER BY t.priority DESC, t.ready_at, t.id LIMIT $4) q \
+     ORDER BY q.priority DESC, q.ready_at, q.id LIMIT $4";
 pub const PG_OVERDUE: &str = "(SELECT id FROM sched_tasks WHERE state = 'leased' AND lease_expires <= $1 LIMIT $2) \
      UNION ALL (SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \
      AND schedule_deadline > 0 AND schedule_deadline <= $1 LIMIT $2)";
@@ -221,32 +222,43 @@ pub const PG_SAVE_RATE_TATS: &str = "UPDATE sched_rate_limits r SET tat = v.tat 
      FROM UNNEST($1::text[], $2::float8[]) AS v(agent, tat) WHERE r.agent = v.agent";
 pub const PG_INSERT_AGENT_SPECS: &str = "INSERT INTO sched_agent_specs (agent, version, spec) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING";
-/// Tasks: new ones whole, changed ones as compare-and-set on `rev`.
-pub const PG_WRITE_TASKS: &str = concat!(
-    "INSERT INTO sched_tasks (",
+/// A batch's writes in one statement, one round trip: runs and tasks (new
+/// ones whole, changed ones as compare-and-set on `rev`), events (their
+/// ids returned), and a notification when `$55` (an uncorrelated
+/// subquery: sent once, at commit). Returns the runs and tasks written, the
+/// notifications (0 or 1), and the events' ids paired with their
+/// `event_id`s.
+pub const PG_WRITE: &str = concat!(
+    "WITH r AS (",
+    pg_insert_runs!(),
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, end_time = excluded.end_time, \
+     last_seq = excluded.last_seq, rev = excluded.rev \
+     WHERE sched_runs.rev = excluded.rev - 1 RETURNING 1), \
+     t AS (INSERT INTO sched_tasks (",
     task_columns!(),
-    ") SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-     $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::text[], \
-     $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[], $19::int8[], $20::text[], \
-     $21::int8[], $22::int8[], $23::int8[], $24::text[], $25::int8[], $26::int8[], $27::int8[], \
-     $28::int8[], $29::text[]) \
+    ") SELECT * FROM UNNEST($13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
+     $18::text[], $19::int8[], $20::int8[], $21::text[], $22::text[], $23::text[], $24::int8[], \
+     $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::int8[], $31::int8[], \
+     $32::text[], $33::int8[], $34::int8[], $35::int8[], $36::text[], $37::int8[], $38::int8[], \
+     $39::int8[], $40::int8[], $41::text[]) \
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt, \
      input = excluded.input, output = excluded.output, error = excluded.error, \
      deps_pending = excluded.deps_pending, ready_at = excluded.ready_at, lease_id = excluded.lease_id, \
      lease_expires = excluded.lease_expires, attempt_deadline = excluded.attempt_deadline, \
      schedule_deadline = excluded.schedule_deadline, worker_id = excluded.worker_id, \
      start_time = excluded.start_time, end_time = excluded.end_time, rev = excluded.rev \
-     WHERE sched_tasks.rev = excluded.rev - 1"
+     WHERE sched_tasks.rev = excluded.rev - 1 RETURNING 1), \
+     e AS (INSERT INTO sched_events (event_id, run_id, seq, kind, task_id, task_key, attempt, \
+     worker_id, message, time, published) \
+     SELECT *, $52 FROM UNNEST($42::text[], $43::text[], $44::int8[], $45::text[], $46::text[], \
+     $47::text[], $48::int8[], $49::text[], $50::text[], $51::int8[]) RETURNING id, event_id), \
+     n AS (SELECT pg_notify($53, $54) WHERE $55::bool) \
+     SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM t), (SELECT count(*) FROM n), \
+     ev.ids, ev.event_ids FROM (SELECT COALESCE(array_agg(id ORDER BY id), '{}') AS ids, \
+     COALESCE(array_agg(event_id ORDER BY id), '{}') AS event_ids FROM e) AS ev"
 );
-/// Events, notifying with an uncorrelated subquery: once, at commit.
-pub const PG_INSERT_EVENTS: &str = "WITH ins AS (INSERT INTO sched_events (event_id, run_id, seq, \
-     kind, task_id, task_key, attempt, worker_id, message, time, published) \
-     SELECT *, $11 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
-     $7::int8[], $8::text[], $9::text[], $10::int8[]) RETURNING id, event_id) \
-     SELECT ins.id, ins.event_id FROM ins, (SELECT pg_notify($12, $13)) AS notified";
 pub const PG_INSERT_LOGS: &str = "INSERT INTO sched_task_logs (task_id, attempt, time, stream, line) \
      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[])";
-pub const PG_NOTIFY: &str = "SELECT pg_notify($1, $2)";
 pub const PG_NOTIFY_EACH: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
 pub const PG_ENDED_RUNS: &str =
     "SELECT id FROM sched_runs WHERE id = ANY($1) AND state <> 'running'";
@@ -317,11 +329,17 @@ pub const SQLITE_UPDATE_TASK: &str = "UPDATE sched_tasks SET state = ?2, attempt
      attempt_deadline = ?11, schedule_deadline = ?12, worker_id = ?13, start_time = ?14, \
      end_time = ?15, rev = ?16 WHERE id = ?1 AND rev = ?16 - 1";
 pub const SQLITE_RUN_ID_OF: &str = "SELECT run_id FROM sched_tasks WHERE id = ?1";
-/// `?2`, `?3`: JSON lists of agents (empty: any) and of ids to skip.
-pub const SQLITE_CLAIMABLE: &str = "SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \
-     AND ready_at <= ?1 AND (?2 = '[]' OR agent IN (SELECT value FROM json_each(?2))) \
-     AND id NOT IN (SELECT value FROM json_each(?3)) \
-     ORDER BY priority DESC, ready_at, id LIMIT ?4";
+/// `?2`: a JSON list of ids to skip. The best claimable tasks of any agent.
+pub const SQLITE_CLAIMABLE: &str = "SELECT id, priority, ready_at FROM sched_tasks \
+     WHERE state IN ('ready', 'failed') AND ready_at <= ?1 \
+     AND id NOT IN (SELECT value FROM json_each(?2)) \
+     ORDER BY priority DESC, ready_at, id LIMIT ?3";
+/// The same for agent `?4`, from its own queue (`sched_tasks_agent_queue`);
+/// the store merges the lists of several agents.
+pub const SQLITE_CLAIMABLE_OF: &str = "SELECT id, priority, ready_at FROM sched_tasks \
+     WHERE agent = ?4 AND state IN ('ready', 'failed') AND ready_at <= ?1 \
+     AND id NOT IN (SELECT value FROM json_each(?2)) \
+     ORDER BY priority DESC, ready_at, id LIMIT ?3";
 pub const SQLITE_OVERDUE: &str = "SELECT id FROM (SELECT id FROM sched_tasks WHERE state = 'leased' \
      AND lease_expires <= ?1 LIMIT ?2) \
      UNION ALL SELECT id FROM (SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \

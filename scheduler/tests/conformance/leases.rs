@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use devcycle_scheduler::machine::Reject;
 use devcycle_scheduler::model::*;
-use devcycle_scheduler::store::{Batch, Op, OpResult};
+use devcycle_scheduler::store::{Batch, Claim, Op, OpResult};
 
 use crate::T0;
 use crate::common::*;
@@ -158,6 +158,47 @@ pub async fn priority_then_age(s: Store) {
     let expect: Vec<String> = [3, 1, 0, 2].iter().map(|i| keys[*i].0.clone()).collect();
     assert_eq!(got, expect, "priority first, then the oldest");
     assert!(claims(&s, T0 + 100, vec![claim("w", 1)]).await.is_empty());
+}
+
+/// A worker serving a list of agents gets the best tasks of those agents,
+/// in the queue's order, however many tasks other agents have waiting.
+pub async fn agent_lists_claim_their_own_queues(s: Store) {
+    let mut ids = Vec::new();
+    let tasks = [("a", 0), ("b", 5), ("c", 9), ("a", 5), ("b", 0), ("c", 9)];
+    for (i, (agent, p)) in tasks.into_iter().enumerate() {
+        let now = T0 + i as i64;
+        let sub = run(
+            vec![T::new("t").agent(agent).priority(p)],
+            None,
+            FailurePolicy::FailFast,
+            now,
+        );
+        ids.push(sub.tasks[0].id.clone());
+        submit(&s, sub, now).await;
+    }
+    let of = |agents: &[&str]| Claim {
+        agents: agents.iter().map(|a| a.to_string()).collect(),
+        ..claim("w", 1)
+    };
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let leased = claims(&s, T0 + 100, vec![of(&["b", "a", "b"])]).await;
+        assert_eq!(leased.len(), 1);
+        got.push(leased[0].id.clone());
+    }
+    let expect: Vec<String> = [1, 3, 0, 4].iter().map(|i| ids[*i].clone()).collect();
+    assert_eq!(
+        got, expect,
+        "b and a merged: priority first, then the oldest"
+    );
+    assert!(claims(&s, T0 + 100, vec![of(&["a", "b"])]).await.is_empty());
+    let rest = claims(&s, T0 + 100, vec![claim("any", 4)]).await;
+    let rest: Vec<&str> = rest.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        rest,
+        [ids[2].as_str(), ids[5].as_str()],
+        "c's tasks wait for any worker"
+    );
 }
 
 pub async fn stale_results_are_fenced(s: Store) {

@@ -217,10 +217,15 @@ impl TxOps for PgTx<'_> {
         exclude: &[String],
         limit: usize,
     ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(PG_CLAIMABLE)
-            .bind(now)
-            .bind(agents)
-            .bind(exclude)
+        let q = if agents.is_empty() {
+            sqlx::query_scalar(PG_CLAIMABLE).bind(now)
+        } else {
+            let mut agents = agents.to_vec();
+            agents.sort_unstable();
+            agents.dedup();
+            sqlx::query_scalar(PG_CLAIMABLE_OF).bind(now).bind(agents)
+        };
+        Ok(q.bind(exclude)
             .bind(limit as i64)
             .fetch_all(&mut *self.tx)
             .await?)
@@ -296,23 +301,28 @@ impl TxOps for PgTx<'_> {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        if !runs.is_empty() {
-            let q = bind_runs(sqlx::query(PG_WRITE_RUNS), runs);
-            let n = q.execute(&mut *self.tx).await?.rows_affected();
-            all_written(n, runs.len(), "runs")?;
-        }
-        if !tasks.is_empty() {
-            let q = bind_tasks(sqlx::query(PG_WRITE_TASKS), tasks);
-            let n = q.execute(&mut *self.tx).await?.rows_affected();
-            all_written(n, tasks.len(), "tasks")?;
-        }
-        // Replicas and the outbox relay wake on a notification; one rides
-        // with the events' INSERT when there are events.
+        // Replicas and the outbox relay wake on a notification: one when
+        // there are events or claimable tasks.
         let claimable = tasks.iter().any(|t| t.state.is_claimable());
         let what = if claimable { "ready" } else { "events" };
         let notice = format!("{}:{what}", self.instance);
-        if !events.is_empty() {
-            write_events(&mut self.tx, events, !self.outbox, &notice).await?;
+        let notify = claimable || !events.is_empty();
+        if !runs.is_empty() || !tasks.is_empty() || notify {
+            let q = bind_runs(sqlx::query(PG_WRITE), runs);
+            let q = bind_events(bind_tasks(q, tasks), events)
+                .bind(!self.outbox)
+                .bind(CHANNEL)
+                .bind(notice)
+                .bind(notify);
+            let row = q.fetch_one(&mut *self.tx).await?;
+            all_written(row.try_get::<i64, _>(0)? as u64, runs.len(), "runs")?;
+            all_written(row.try_get::<i64, _>(1)? as u64, tasks.len(), "tasks")?;
+            let ids: Vec<i64> = row.try_get(3)?;
+            let event_ids: Vec<String> = row.try_get(4)?;
+            let ids: HashMap<String, i64> = event_ids.into_iter().zip(ids).collect();
+            for e in events.iter_mut() {
+                e.id = ids.get(&e.event_id).copied().unwrap_or_default();
+            }
         }
         if !logs.is_empty() {
             sqlx::query(PG_INSERT_LOGS)
@@ -325,13 +335,6 @@ impl TxOps for PgTx<'_> {
                 .bind(logs.iter().map(|l| l.time).collect::<Vec<_>>())
                 .bind(logs.iter().map(|l| l.stream.as_str()).collect::<Vec<_>>())
                 .bind(logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>())
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        if claimable && events.is_empty() {
-            sqlx::query(PG_NOTIFY)
-                .bind(CHANNEL)
-                .bind(notice)
                 .execute(&mut *self.tx)
                 .await?;
         }
@@ -375,16 +378,10 @@ impl TxOps for PgTx<'_> {
     }
 }
 
-/// Inserts events and gives each the id the database assigned.
-async fn write_events(
-    tx: &mut Transaction<'_, Postgres>,
-    events: &mut [EventRow],
-    published: bool,
-    notice: &str,
-) -> Result<()> {
+/// Binds events as the ten arrays of the events' `UNNEST`, in its order.
+fn bind_events<'q>(q: PgQuery<'q>, events: &'q [EventRow]) -> PgQuery<'q> {
     let s = |f: fn(&EventRow) -> &str| events.iter().map(f).collect::<Vec<&str>>();
-    let rows = sqlx::query(PG_INSERT_EVENTS)
-        .bind(s(|e| e.event_id.as_str()))
+    q.bind(s(|e| e.event_id.as_str()))
         .bind(s(|e| e.run_id.as_str()))
         .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
         .bind(s(|e| e.kind.as_str()))
@@ -399,17 +396,4 @@ async fn write_events(
         .bind(s(|e| e.worker_id.as_str()))
         .bind(s(|e| e.message.as_str()))
         .bind(events.iter().map(|e| e.time).collect::<Vec<_>>())
-        .bind(published)
-        .bind(CHANNEL)
-        .bind(notice)
-        .fetch_all(&mut **tx)
-        .await?;
-    let ids: HashMap<String, i64> = rows
-        .into_iter()
-        .map(|r| (r.get::<String, _>(1), r.get::<i64, _>(0)))
-        .collect();
-    for e in events.iter_mut() {
-        e.id = ids.get(&e.event_id).copied().unwrap_or_default();
-    }
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Batches on SQLite: each [`TxOps`] statement runs once per row, cached
 //! and prepared, on the writer's own thread: no round trips to save.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -237,8 +237,32 @@ impl TxOps for SqliteTx<'_> {
         exclude: &[String],
         limit: usize,
     ) -> Result<Vec<String>> {
-        let p = params![now, json_list(agents), json_list(exclude), limit as i64];
-        all(self.conn, SQLITE_CLAIMABLE, p, |r| Ok(r.get(0)?))
+        let (exclude, limit) = (json_list(exclude), limit as i64);
+        let row = |r: &rusqlite::Row| -> Result<(i64, i64, String)> {
+            Ok((r.get(1)?, r.get(2)?, r.get(0)?))
+        };
+        let mut best: Vec<(i64, i64, String)> = if agents.is_empty() {
+            all(
+                self.conn,
+                SQLITE_CLAIMABLE,
+                params![now, exclude, limit],
+                row,
+            )?
+        } else {
+            let mut best = Vec::new();
+            for agent in agents.iter().collect::<BTreeSet<_>>() {
+                let p = params![now, exclude, limit, agent];
+                best.extend(all(self.conn, SQLITE_CLAIMABLE_OF, p, row)?);
+            }
+            best
+        };
+        // Priority first, then age, then id: the queue's order.
+        best.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        Ok(best
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, _, id)| id)
+            .collect())
     }
 
     async fn overdue(&mut self, now: i64, limit: usize) -> Result<Vec<String>> {
