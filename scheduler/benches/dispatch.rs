@@ -4,9 +4,15 @@
 //!
 //!   cargo bench -p devcycle-scheduler --bench dispatch            # SQLite
 //!   DEVCYCLE_BENCH_DATABASE_URL=postgres://... cargo bench -p devcycle-scheduler --bench dispatch
+//!   DEVCYCLE_BENCH_SCHEDULERS=2 DEVCYCLE_BENCH_DATABASE_URL=postgres://... cargo bench ...
 //!
 //! Prints throughput (a 20,000-task burst) and latency (2,000 tasks one at a
-//! time, submit to result).
+//! time, submit to result). With `DEVCYCLE_BENCH_SCHEDULERS=N` (PostgreSQL),
+//! N engines share the database as N scheduler replicas do, each with its
+//! own worker, and the burst is spread over them. The burst's CPU time, of
+//! this process and of the PostgreSQL server's processes, is printed per
+//! task: on a machine whose cores are all busy, that is what a projection
+//! to more cores rests on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,13 +94,13 @@ fn noop_run(now: i64) -> (Submit, String) {
 
 /// A worker that answers every assignment at once, as the executor does
 /// for builtin agents.
-fn worker(engine: &Engine) {
+fn worker(engine: &Engine, id: &str) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let conn = engine.new_conn_id();
     engine
         .send(Cmd::Connect(WorkerConn {
             conn,
-            worker_id: "bench".into(),
+            worker_id: id.into(),
             agents: vec![],
             held: vec![],
             session: 1,
@@ -144,6 +150,39 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// CPU seconds used so far by processes whose `comm` is `name`, or by this
+/// process when `name` is empty (utime + stime from `/proc/<pid>/stat`).
+fn cpu_seconds(name: &str) -> f64 {
+    let ticks = |pid: &str| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command: state is field 3, utime 14.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        get(14) + get(15)
+    };
+    let total: u64 = if name.is_empty() {
+        ticks("self")
+    } else {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .map(|pid| ticks(&pid))
+            .sum()
+    };
+    total as f64 / 100.0 // USER_HZ
+}
+
 fn main() {
     devcycle::telemetry::init_logging(
         devcycle::telemetry::LogFormat::Human,
@@ -160,17 +199,33 @@ fn main() {
         let url = std::env::var("DEVCYCLE_BENCH_DATABASE_URL")
             .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("bench.db").display()));
         let db = Database::open(&url).await.unwrap();
-        let store: Arc<dyn SchedulerStore> = match &db {
-            Database::Sqlite(pool) => Arc::new(
-                devcycle_scheduler::store::sqlite::SqliteStore::open(pool.connect_options().get_filename(), false)
-                    .unwrap(),
-            ),
-            Database::Postgres(pool) => {
-                Arc::new(devcycle_scheduler::store::pg::PgStore::new(pool.clone(), "bench".into(), false))
-            }
-        };
-        let (engine, _task) = Engine::start(store, Hub::new(), None, CancellationToken::new());
-        worker(&engine);
+        let schedulers: usize = std::env::var("DEVCYCLE_BENCH_SCHEDULERS")
+            .ok()
+            .map(|n| n.parse().expect("DEVCYCLE_BENCH_SCHEDULERS is a number"))
+            .unwrap_or(1);
+        let hub = Hub::new();
+        let mut engines = Vec::new();
+        for i in 0..schedulers.max(1) {
+            let store: Arc<dyn SchedulerStore> = match &db {
+                Database::Sqlite(_) if schedulers > 1 => {
+                    panic!("DEVCYCLE_BENCH_SCHEDULERS needs PostgreSQL: SQLite has one writer")
+                }
+                Database::Sqlite(pool) => Arc::new(
+                    devcycle_scheduler::store::sqlite::SqliteStore::open(pool.connect_options().get_filename(), false)
+                        .unwrap(),
+                ),
+                Database::Postgres(pool) => Arc::new(devcycle_scheduler::store::pg::PgStore::new(
+                    pool.clone(),
+                    format!("bench-{i}"),
+                    false,
+                )),
+            };
+            // One hub: a run ends on whichever engine records its result.
+            let (engine, _task) = Engine::start(store, Arc::clone(&hub), None, CancellationToken::new());
+            worker(&engine, &format!("bench-{i}"));
+            engines.push(engine);
+        }
+        let engine = engines[0].clone();
         for _ in 0..200 {
             one(&engine).await;
         }
@@ -179,10 +234,11 @@ fn main() {
             lat.push(one(&engine).await);
         }
         lat.sort();
+        let cpu = (cpu_seconds(""), cpu_seconds("postgres"));
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..SLOTS as usize {
-            let engine = engine.clone();
+        for i in 0..SLOTS as usize {
+            let engine = engines[i % engines.len()].clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..BURST / SLOTS as usize {
                     one(&engine).await;
@@ -194,13 +250,23 @@ fn main() {
         }
         let n = (BURST / SLOTS as usize) * SLOTS as usize;
         let took = started.elapsed();
+        let (own, server) = (cpu_seconds("") - cpu.0, cpu_seconds("postgres") - cpu.1);
         println!(
-            "scheduler dispatch ({}): {:.0} tasks/s ({n} in {:.2} s, {SLOTS} in flight); one at a time p50 {:.3} ms p99 {:.3} ms",
+            "scheduler dispatch ({}, {} scheduler{}): {:.0} tasks/s ({n} in {:.2} s, {SLOTS} in flight); one at a time p50 {:.3} ms p99 {:.3} ms",
             db.engine(),
+            engines.len(),
+            if engines.len() == 1 { "" } else { "s" },
             n as f64 / took.as_secs_f64(),
             took.as_secs_f64(),
             ms(lat[lat.len() / 2]),
             ms(lat[lat.len() * 99 / 100]),
+        );
+        println!(
+            "  burst CPU: {:.1} µs a task in the scheduler process, {:.1} µs in PostgreSQL; {:.2} of {} cores busy",
+            own * 1e6 / n as f64,
+            server * 1e6 / n as f64,
+            (own + server) / took.as_secs_f64(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
     });
 }
