@@ -232,6 +232,8 @@ impl Store {
     /// Audit events, newest first.
     pub async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
         let rows: Vec<AuditColumns> = on_db!(&self.db, |p| sqlx::query_as(sql::AUDIT)
+            // Optional filters: planned per execution, so the actor's index serves.
+            .persistent(false)
             .bind(&f.actor)
             .bind(&f.method)
             .bind(f.after_ms.unwrap_or(i64::MIN))

@@ -140,10 +140,33 @@ pub enum On<'a> {
 
 impl On<'_> {
     pub async fn all<R: Record>(self, sql: impl SqlSafeStr, args: Args) -> Result<Vec<R>> {
+        self.fetch_all(sql, args, true).await
+    }
+
+    /// [`On::all`] for statements with optional filters (`$1 = '' OR col =
+    /// $1`): PostgreSQL plans them on each execution, because a cached
+    /// generic plan cannot use the filtered column's index.
+    pub async fn list<R: Record>(self, sql: impl SqlSafeStr, args: Args) -> Result<Vec<R>> {
+        self.fetch_all(sql, args, false).await
+    }
+
+    async fn fetch_all<R: Record>(
+        self,
+        sql: impl SqlSafeStr,
+        args: Args,
+        cached: bool,
+    ) -> Result<Vec<R>> {
         Ok(match self {
-            On::Pool(Database::Postgres(p)) => pg_as(sql, args)?.fetch_all(p).await?,
+            On::Pool(Database::Postgres(p)) => {
+                pg_as(sql, args)?.persistent(cached).fetch_all(p).await?
+            }
             On::Pool(Database::Sqlite(p)) => lite_as(sql, args)?.fetch_all(p).await?,
-            On::Tx(Tx::Postgres(tx)) => pg_as(sql, args)?.fetch_all(&mut **tx).await?,
+            On::Tx(Tx::Postgres(tx)) => {
+                pg_as(sql, args)?
+                    .persistent(cached)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
             On::Tx(Tx::Sqlite(tx)) => lite_as(sql, args)?.fetch_all(&mut **tx).await?,
         })
     }

@@ -178,7 +178,7 @@ impl RegistryStore for SqlStore {
             after.unwrap_or("").into(),
             (limit as i64).into(),
         ];
-        records::<AgentRow, _>(self.read().all(sql::LIST_AGENTS, args).await?)
+        records::<AgentRow, _>(self.read().list(sql::LIST_AGENTS, args).await?)
     }
 
     async fn update_agent(
@@ -504,7 +504,7 @@ impl RegistryStore for SqlStore {
             after.unwrap_or("").into(),
             (limit as i64).into(),
         ];
-        records::<WorkerRow, _>(self.read().all(sql::LIST_WORKERS, args).await?)
+        records::<WorkerRow, _>(self.read().list(sql::LIST_WORKERS, args).await?)
     }
 
     async fn mark_down(&self, stale_before: i64, now: i64) -> Result<Vec<String>> {
@@ -538,7 +538,7 @@ impl RegistryStore for SqlStore {
             agent.unwrap_or("").into(),
             (limit as i64).into(),
         ];
-        records::<EventRow, _>(self.read().all(sql::EVENTS_AFTER, args).await?)
+        records::<EventRow, _>(self.read().list(sql::EVENTS_AFTER, args).await?)
     }
 
     async fn head_revision(&self) -> Result<i64> {

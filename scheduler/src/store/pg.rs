@@ -123,7 +123,10 @@ impl SchedulerStore for PgStore {
     }
 
     async fn list_runs(&self, f: &RunFilter, limit: usize) -> Result<Vec<RunRow>> {
+        // Optional filters: planned per execution (see `On::list` in the
+        // registry), so the chosen filters' indexes serve.
         let q = sqlx::query(LIST_RUNS)
+            .persistent(false)
             .bind(f.state.map(|s| s.as_str()).unwrap_or(""))
             .bind(f.workflow.as_deref().unwrap_or(""))
             .bind(f.created_after.unwrap_or(i64::MIN))
@@ -142,6 +145,7 @@ impl SchedulerStore for PgStore {
 
     async fn list_tasks(&self, f: &TaskFilter, limit: usize) -> Result<Vec<TaskRow>> {
         let q = sqlx::query(LIST_TASKS)
+            .persistent(false)
             .bind(f.run_id.as_deref().unwrap_or(""))
             .bind(f.state.map(|s| s.as_str()).unwrap_or(""))
             .bind(f.after.as_deref().unwrap_or(""))
