@@ -150,10 +150,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// CPU seconds used so far by processes whose `comm` is `name`, or by this
-/// process when `name` is empty (utime + stime from `/proc/<pid>/stat`).
-fn cpu_seconds(name: &str) -> f64 {
-    let ticks = |pid: &str| -> u64 {
+/// CPU seconds used so far by `pids` (utime + stime from `/proc/<pid>/stat`,
+/// in USER_HZ, which is 100 on Linux). Processes that are gone count 0, so
+/// an autovacuum worker that ends within the burst is not counted.
+fn cpu_seconds(pids: &[i32]) -> f64 {
+    let ticks = |pid: i32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Fields after the parenthesised command: state is field 3, utime 14.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -165,22 +166,26 @@ fn cpu_seconds(name: &str) -> f64 {
         };
         get(14) + get(15)
     };
-    let total: u64 = if name.is_empty() {
-        ticks("self")
-    } else {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
-            })
-            .map(|pid| ticks(&pid))
-            .sum()
+    pids.iter().map(|p| ticks(*p)).sum::<u64>() as f64 / 100.0
+}
+
+/// The server processes working for this benchmark: the sessions on its
+/// database and the WAL writer (empty for SQLite, or a server whose
+/// processes this machine cannot see).
+async fn server_pids(db: &Database) -> Vec<i32> {
+    let Database::Postgres(pool) = db else {
+        return Vec::new();
     };
-    total as f64 / 100.0 // USER_HZ
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         OR backend_type = 'walwriter'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    pids.into_iter()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}/stat")).exists())
+        .collect()
 }
 
 fn main() {
@@ -203,26 +208,38 @@ fn main() {
             .ok()
             .map(|n| n.parse().expect("DEVCYCLE_BENCH_SCHEDULERS is a number"))
             .unwrap_or(1);
-        let hub = Hub::new();
         let mut engines = Vec::new();
         for i in 0..schedulers.max(1) {
-            let store: Arc<dyn SchedulerStore> = match &db {
+            // Each engine is wired as a scheduler replica is (`lib.rs`): its
+            // own pool, hub, listener and waiters for runs others finish.
+            let hub = Hub::new();
+            let stop = CancellationToken::new();
+            let instance = format!("bench-{i}");
+            let (store, pg): (Arc<dyn SchedulerStore>, _) = match &db {
                 Database::Sqlite(_) if schedulers > 1 => {
                     panic!("DEVCYCLE_BENCH_SCHEDULERS needs PostgreSQL: SQLite has one writer")
                 }
-                Database::Sqlite(pool) => Arc::new(
-                    devcycle_scheduler::store::sqlite::SqliteStore::open(pool.connect_options().get_filename(), false)
-                        .unwrap(),
+                Database::Sqlite(pool) => (
+                    Arc::new(
+                        devcycle_scheduler::store::sqlite::SqliteStore::open(pool.connect_options().get_filename(), false)
+                            .unwrap(),
+                    ),
+                    None,
                 ),
-                Database::Postgres(pool) => Arc::new(devcycle_scheduler::store::pg::PgStore::new(
-                    pool.clone(),
-                    format!("bench-{i}"),
-                    false,
-                )),
+                Database::Postgres(_) => {
+                    let Database::Postgres(pool) = Database::open(&url).await.unwrap() else {
+                        unreachable!("the same URL")
+                    };
+                    let store = devcycle_scheduler::store::pg::PgStore::new(pool.clone(), instance.clone(), false);
+                    (Arc::new(store), Some(pool))
+                }
             };
-            // One hub: a run ends on whichever engine records its result.
-            let (engine, _task) = Engine::start(store, Arc::clone(&hub), None, CancellationToken::new());
-            worker(&engine, &format!("bench-{i}"));
+            let (engine, _task) = Engine::start(Arc::clone(&store), Arc::clone(&hub), None, stop.clone());
+            if let Some(pool) = pg {
+                devcycle_scheduler::hub::wake_remote_waiters(Arc::clone(&hub), store, stop.clone());
+                devcycle_scheduler::store::pg::listen(pool, instance.clone(), hub, engine.clone(), stop);
+            }
+            worker(&engine, &instance);
             engines.push(engine);
         }
         let engine = engines[0].clone();
@@ -234,7 +251,9 @@ fn main() {
             lat.push(one(&engine).await);
         }
         lat.sort();
-        let cpu = (cpu_seconds(""), cpu_seconds("postgres"));
+        let server = server_pids(&db).await;
+        let me = [std::process::id() as i32];
+        let cpu = (cpu_seconds(&me), cpu_seconds(&server));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..SLOTS as usize {
@@ -250,7 +269,14 @@ fn main() {
         }
         let n = (BURST / SLOTS as usize) * SLOTS as usize;
         let took = started.elapsed();
-        let (own, server) = (cpu_seconds("") - cpu.0, cpu_seconds("postgres") - cpu.1);
+        // Sessions opened during the burst count from zero.
+        let mut server = server;
+        for p in server_pids(&db).await {
+            if !server.contains(&p) {
+                server.push(p);
+            }
+        }
+        let (own, server_cpu) = (cpu_seconds(&me) - cpu.0, cpu_seconds(&server) - cpu.1);
         println!(
             "scheduler dispatch ({}, {} scheduler{}): {:.0} tasks/s ({n} in {:.2} s, {SLOTS} in flight); one at a time p50 {:.3} ms p99 {:.3} ms",
             db.engine(),
@@ -261,12 +287,17 @@ fn main() {
             ms(lat[lat.len() / 2]),
             ms(lat[lat.len() * 99 / 100]),
         );
-        println!(
-            "  burst CPU: {:.1} µs a task in the scheduler process, {:.1} µs in PostgreSQL; {:.2} of {} cores busy",
-            own * 1e6 / n as f64,
-            server * 1e6 / n as f64,
-            (own + server) / took.as_secs_f64(),
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        );
+        if server.is_empty() {
+            println!("  burst CPU: {:.1} µs a task in the bench process", own * 1e6 / n as f64);
+        } else {
+            println!(
+                "  burst CPU: {:.1} µs a task in the bench process (engines, clients, workers), {:.1} µs in PostgreSQL ({} processes); {:.2} of {} cores busy",
+                own * 1e6 / n as f64,
+                server_cpu * 1e6 / n as f64,
+                server.len(),
+                (own + server_cpu) / took.as_secs_f64(),
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            );
+        }
     });
 }

@@ -43,14 +43,16 @@ pub struct BenchArgs {
     postgres: Option<String>,
     /// After the burst, run this many more tasks in windows of `--window`
     /// and report each window's throughput, to show whether cost grows
-    /// with the tables (e.g. 1000000).
+    /// with the tables (e.g. 1000000). Counts of stored tasks assume the
+    /// database was empty.
     #[arg(long, default_value_t = 0)]
     grow: usize,
     /// Tasks per window of `--grow`.
     #[arg(long, default_value_t = 100_000)]
     window: usize,
-    /// At the end, queue this many tasks for an agent no worker serves and
-    /// report the mesh's memory per 100,000 queued tasks (e.g. 100000).
+    /// Right after the warm-up, queue this many tasks for an agent no worker
+    /// serves and report the mesh's memory per 100,000 queued tasks (e.g.
+    /// 100000). They stay queued through the later phases.
     #[arg(long, default_value_t = 0)]
     queued: usize,
 }
@@ -88,6 +90,15 @@ pub async fn run(args: BenchArgs, as_json: bool) -> anyhow::Result<()> {
     }
     settle().await;
     let idle_rss = mesh.rss_kib();
+    let clients: Vec<Client> = (0..args.connections.max(1))
+        .map(|_| mesh.scheduler())
+        .collect::<anyhow::Result<_>>()?;
+    // Queued memory first, while little else has passed through the mesh.
+    let parked = if args.queued > 0 {
+        Some(queued(&args, &mesh, &clients).await?)
+    } else {
+        None
+    };
 
     // Latency: one at a time.
     let mut lat = load::histogram();
@@ -96,9 +107,6 @@ pub async fn run(args: BenchArgs, as_json: bool) -> anyhow::Result<()> {
     }
 
     // Throughput: a burst, `concurrency` in flight over a few connections.
-    let clients: Vec<Client> = (0..args.connections.max(1))
-        .map(|_| mesh.scheduler())
-        .collect::<anyhow::Result<_>>()?;
     let b = burst(&clients, args.burst, args.concurrency, NOOP, true).await?;
     let throughput = b.per_second(args.burst);
     settle().await;
@@ -148,12 +156,24 @@ pub async fn run(args: BenchArgs, as_json: bool) -> anyhow::Result<()> {
         );
     }
 
-    let stored = 201 + args.sequential + args.burst;
+    if let Some(q) = parked {
+        let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+        if !as_json {
+            println!(
+                "  queued      {} tasks at {}/s; RSS {:.1} → {:.1} (half) → {:.1} MiB: {:.1} MiB per 100k queued",
+                q["tasks"],
+                q["submits_per_second"],
+                f(&q["rss_before_mib"]),
+                f(&q["rss_half_mib"]),
+                f(&q["rss_after_mib"]),
+                f(&q["mib_per_100k"]),
+            );
+        }
+        report["queued"] = q;
+    }
+    let stored = 201 + args.queued + args.sequential + args.burst;
     if args.grow > 0 {
         report["grow"] = grow(&args, &mesh, &clients, stored, as_json).await?;
-    }
-    if args.queued > 0 {
-        report["queued"] = queued(&args, &mesh, &clients, as_json).await?;
     }
     if as_json {
         crate::output::json(&report);
@@ -205,17 +225,20 @@ async fn grow(
     Ok(Value::Array(windows))
 }
 
-/// Queues `--queued` tasks no worker serves and reads the memory they cost.
-async fn queued(
-    args: &BenchArgs,
-    mesh: &Mesh,
-    clients: &[Client],
-    quiet: bool,
-) -> anyhow::Result<Value> {
-    settle().await;
+/// Queues `--queued` tasks no worker serves, in two halves, and reads the
+/// memory they cost. The first half also pays for the mesh's growth under
+/// `--concurrency` submits in flight (buffers, streams, allocator arenas),
+/// which any first burst pays; the second half's growth is the queued
+/// tasks' own, and gives the figure per 100,000.
+async fn queued(args: &BenchArgs, mesh: &Mesh, clients: &[Client]) -> anyhow::Result<Value> {
     let before = mesh.rss_kib() as f64 / MIB;
     let since = std::time::SystemTime::now();
-    let b = burst(clients, args.queued, args.concurrency, PARKED, false).await?;
+    let first = args.queued / 2;
+    let b1 = burst(clients, first, args.concurrency, PARKED, false).await?;
+    settle().await;
+    let mid = mesh.rss_kib() as f64 / MIB;
+    let second = args.queued - first;
+    let b2 = burst(clients, second, args.concurrency, PARKED, false).await?;
     settle().await;
     let after = mesh.rss_kib() as f64 / MIB;
     // The figure is only about queued tasks if none of them ran.
@@ -233,23 +256,13 @@ async fn queued(
     if !ran.is_empty() {
         bail!("a task for {PARKED} ran; the executor was meant to serve {NOOP} only");
     }
-    let per_100k = (after - before) * 100_000.0 / args.queued as f64;
-    if !quiet {
-        println!(
-            "  queued      {} tasks in {:.2} s ({:.0}/s); RSS {:.1} → {:.1} MiB: {:.1} MiB per 100k queued",
-            args.queued,
-            b.elapsed.as_secs_f64(),
-            b.per_second(args.queued),
-            before,
-            after,
-            per_100k
-        );
-    }
+    let elapsed = (b1.elapsed + b2.elapsed).as_secs_f64();
     Ok(json!({
         "tasks": args.queued,
-        "submits_per_second": b.per_second(args.queued).round(),
+        "submits_per_second": (args.queued as f64 / elapsed).round(),
         "rss_before_mib": before,
+        "rss_half_mib": mid,
         "rss_after_mib": after,
-        "mib_per_100k": per_100k,
+        "mib_per_100k": (after - mid) * 100_000.0 / second.max(1) as f64,
     }))
 }
