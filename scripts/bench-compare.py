@@ -50,8 +50,12 @@ def main():
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--postgres", help="server URL, e.g. postgres://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--env-new", action="append", default=[], metavar="K=V")
-    p.add_argument("extra", nargs="*")
-    a = p.parse_args()
+    argv = sys.argv[1:]
+    # Everything after `--` goes to `devcycle bench` (argparse cannot take
+    # a trailing remainder after two positionals).
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    a.extra = extra
     env_new = dict(kv.split("=", 1) for kv in a.env_new)
     results = {"old": [], "new": []}
     for i in range(a.trials):

@@ -34,3 +34,69 @@ pub fn channel_any(tls: &Arc<MeshTls>, addr: &str) -> Result<Channel, tonic::tra
         .tcp_nodelay(true);
     Ok(endpoint.connect_with_connector_lazy(MeshConnector::new(tls, None)))
 }
+
+/// A channel to a mesh service that calls it in memory while this process
+/// serves it ([`crate::inproc`]), presenting `tls`'s identity as the mTLS
+/// handshake would, and over the network otherwise. The choice is made per
+/// call, so a service that starts later, or stops, is followed.
+#[derive(Clone)]
+pub struct MeshChannel {
+    net: Channel,
+    /// The address, when calls to a service this process serves there may
+    /// stay in memory.
+    local: Option<std::net::SocketAddr>,
+    tls: Arc<MeshTls>,
+}
+
+impl MeshChannel {
+    /// [`channel`], with calls in memory when `in_process` and the service
+    /// at `addr` is served by this process.
+    pub fn new(
+        tls: &Arc<MeshTls>,
+        addr: &str,
+        expect: SpiffeId,
+        in_process: bool,
+    ) -> Result<Self, tonic::transport::Error> {
+        Ok(Self {
+            net: channel(tls, addr, expect)?,
+            local: addr.parse().ok().filter(|_| in_process),
+            tls: Arc::clone(tls),
+        })
+    }
+}
+
+type Body = tonic::body::Body;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<Body>> for MeshChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>,
+    >;
+
+    /// Always ready: the network path waits for its channel in `call`.
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        use tower::ServiceExt;
+        if let Some(local) = self.local.and_then(crate::inproc::lookup) {
+            let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            req.extensions_mut()
+                .insert(self.tls.connect_info(unspecified));
+            return Box::pin(async move {
+                match local.oneshot(req).await {
+                    Ok(res) => Ok(res),
+                    Err(never) => match never {},
+                }
+            });
+        }
+        let net = self.net.clone();
+        Box::pin(async move { net.oneshot(req).await.map_err(BoxError::from) })
+    }
+}

@@ -50,6 +50,8 @@ pub struct Options {
     pub tls: Arc<MeshTls>,
     pub scheduler: String,
     pub registry: String,
+    /// Call a scheduler served by this process in memory.
+    pub in_process_calls: bool,
     pub slots: u32,
     pub agents: Vec<String>,
     pub caps: Capabilities,
@@ -83,6 +85,7 @@ impl Options {
             tls,
             scheduler: e.scheduler.clone(),
             registry: e.registry.clone(),
+            in_process_calls: e.in_process_calls,
             slots: e.slots,
             agents: e.agents.clone(),
             caps: Capabilities::detect(&e.bwrap, e.cgroups),
@@ -177,10 +180,11 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .map(|addr| {
-            Ok(SchedulerClient::new(devcycle::client::channel(
+            Ok(SchedulerClient::new(devcycle::client::MeshChannel::new(
                 &opts.tls,
                 addr,
                 service("scheduler"),
+                opts.in_process_calls,
             )?)
             .max_decoding_message_size(16 * 1024 * 1024))
         })

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use devcycle::client::MeshChannel;
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
@@ -23,7 +24,6 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tracing::{Instrument as _, Span};
 
 use crate::runtime::{self, Env, Finished, LogSink, TaskRun};
@@ -205,7 +205,7 @@ pub struct Worker {
     pub state: Arc<State>,
     pub env: Arc<Env>,
     /// Scheduler replicas; a broken stream moves to the next.
-    pub schedulers: Vec<SchedulerClient<Channel>>,
+    pub schedulers: Vec<SchedulerClient<MeshChannel>>,
 }
 
 impl Worker {
@@ -242,7 +242,7 @@ impl Worker {
     /// One stream; `Ok` when stopping cleanly, `Err` when the stream broke.
     async fn session(
         &self,
-        scheduler: &SchedulerClient<Channel>,
+        scheduler: &SchedulerClient<MeshChannel>,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let st = &self.state;

@@ -19,6 +19,10 @@ pub struct ExecutorConfig {
     /// the registry.
     pub scheduler: String,
     pub registry: String,
+    /// A scheduler served by this same process (`devcycle up`) is called
+    /// in memory, through its same authorization, instead of over mTLS
+    /// loopback.
+    pub in_process_calls: bool,
     /// Tasks run at once.
     pub slots: u32,
     /// Agents served; empty means any.
@@ -75,6 +79,7 @@ impl Default for ExecutorConfig {
             worker_id: "local".into(),
             scheduler: "127.0.0.1:7402".into(),
             registry: "127.0.0.1:7401".into(),
+            in_process_calls: true,
             slots: 4,
             agents: Vec::new(),
             agent_dir: "examples/agents".into(),
