@@ -83,17 +83,13 @@ impl tower::Service<http::Request<Body>> for MeshChannel {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         use tower::ServiceExt;
         if let Some(local) = self.local.and_then(crate::inproc::lookup) {
+            let tls = Arc::clone(&self.tls);
             let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-            req.extensions_mut()
-                .insert(self.tls.connect_info(unspecified));
             return Box::pin(async move {
-                match local.oneshot(req).await {
-                    Ok(res) => Ok(res),
-                    Err(never) => match never {},
-                }
+                Ok(crate::inproc::call(local, &tls, unspecified, req).await)
             });
         }
         let net = self.net.clone();

@@ -20,7 +20,10 @@ use std::sync::{Arc, LazyLock};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use tonic::body::Body;
+use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
+
+use crate::tls::MeshTls;
 
 /// A service stack as a caller in the same process sees it.
 pub type LocalService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -58,10 +61,26 @@ pub fn lookup(addr: SocketAddr) -> Option<LocalService> {
     SERVED.load().get(&addr).cloned()
 }
 
+/// Calls `local` as `tls`'s identity connected from `remote`: the request
+/// carries what the mTLS handshake would have established and nothing else
+/// of the caller's request state.
+pub async fn call(
+    local: LocalService,
+    tls: &MeshTls,
+    remote: SocketAddr,
+    mut req: Request<Body>,
+) -> Response<Body> {
+    *req.extensions_mut() = http::Extensions::new();
+    req.extensions_mut().insert(tls.connect_info(remote));
+    match local.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
 
     #[tokio::test]
     async fn served_while_registered() {

@@ -88,20 +88,13 @@ impl Upstream {
 
     async fn call(&self, mut req: Request<Body>) -> Result<Response<Body>, String> {
         if let Some(local) = self.in_process.and_then(devcycle::inproc::lookup) {
-            // What the service would learn from the mTLS connection, and
-            // nothing else of this side's request state.
             let remote = req
                 .extensions()
                 .get::<ClientAddr>()
                 .map_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), |a| {
                     a.0
                 });
-            *req.extensions_mut() = http::Extensions::new();
-            req.extensions_mut().insert(self.tls.connect_info(remote));
-            return match local.oneshot(req).await {
-                Ok(res) => Ok(res),
-                Err(never) => match never {},
-            };
+            return Ok(devcycle::inproc::call(local, &self.tls, remote, req).await);
         }
         let path = req
             .uri()
