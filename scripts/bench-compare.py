@@ -19,7 +19,8 @@ import subprocess
 import sys
 import uuid
 
-FIELDS = [("tasks_per_second", "tasks/s", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+FIELDS = [("tasks_per_second", "tasks/s", "{:,.0f}"), ("cpu_us_per_task", "CPU µs/task", "{:.0f}"),
+          ("p50_ms", "p50 ms", "{:.2f}"),
           ("p99_ms", "p99 ms", "{:.2f}"), ("idle_rss_mib", "idle RSS MiB", "{:.1f}")]
 
 
@@ -63,13 +64,18 @@ def main():
             r = one_run(binary, a.postgres, env, a.extra)
             results[name].append(r)
             print(f"trial {i + 1} {name}: " + ", ".join(
-                f"{label} " + fmt.format(r[k]) for k, label, fmt in FIELDS), file=sys.stderr)
+                f"{label} " + fmt.format(r[k]) for k, label, fmt in FIELDS if k in r),
+                file=sys.stderr)
     print("| build | " + " | ".join(label for _, label, _ in FIELDS) + " |")
     print("|---" * (len(FIELDS) + 1) + "|")
     for name in ("old", "new"):
         cells = []
         for k, _, fmt in FIELDS:
-            v = [r[k] for r in results[name]]
+            # Older builds may not report every field.
+            v = [r[k] for r in results[name] if k in r]
+            if not v:
+                cells.append("—")
+                continue
             cells.append(f"{fmt.format(statistics.median(v))} "
                          f"({fmt.format(min(v))}–{fmt.format(max(v))})")
         print(f"| {name} | " + " | ".join(cells) + " |")

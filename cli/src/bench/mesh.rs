@@ -57,6 +57,24 @@ impl Mesh {
             .unwrap_or(0)
     }
 
+    /// CPU time the mesh process has used, all threads, user and system,
+    /// in milliseconds: `utime` and `stime` of `/proc/PID/stat`, counted in
+    /// USER_HZ (100 per second on Linux).
+    pub fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // The fields after the command name, which may hold spaces: `state`
+        // is field 3, `utime` and `stime` fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum();
+        ticks * 10
+    }
+
     fn channel(&self, service: &str, addr: &str) -> anyhow::Result<Channel> {
         let id =
             SpiffeId::service(&self.trust_domain, service).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -107,8 +107,11 @@ pub async fn run(args: BenchArgs, as_json: bool) -> anyhow::Result<()> {
     }
 
     // Throughput: a burst, `concurrency` in flight over a few connections.
+    let cpu_before = mesh.cpu_ms();
     let b = burst(&clients, args.burst, args.concurrency, NOOP, true).await?;
     let throughput = b.per_second(args.burst);
+    // Steadier than throughput on a shared machine: what a task costs.
+    let cpu_per_task = (mesh.cpu_ms() - cpu_before) as f64 * 1000.0 / args.burst.max(1) as f64;
     settle().await;
     let after_rss = mesh.rss_kib();
 
@@ -122,6 +125,7 @@ pub async fn run(args: BenchArgs, as_json: bool) -> anyhow::Result<()> {
         "burst_tasks": args.burst,
         "burst_seconds": b.elapsed.as_secs_f64(),
         "tasks_per_second": throughput.round(),
+        "cpu_us_per_task": cpu_per_task.round(),
         "sequential_tasks": args.sequential,
         "p50_ms": lat.value_at_quantile(0.50) as f64 / 1000.0,
         "p90_ms": lat.value_at_quantile(0.90) as f64 / 1000.0,
@@ -143,6 +147,7 @@ pub async fn run(args: BenchArgs, as_json: bool) -> anyhow::Result<()> {
             b.elapsed.as_secs_f64(),
             args.concurrency
         );
+        println!("  mesh CPU    {cpu_per_task:>9.0} µs per task in the burst");
         println!(
             "  latency     {}  ({} tasks one at a time)",
             line(&lat),
