@@ -134,3 +134,35 @@ macro_rules! conformance {
         }
     };
 }
+
+/// An address nothing listens on.
+pub fn closed_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+}
+
+/// A stand-in for mesh service `service`, to serve in memory: its own
+/// authorization layer lets `allowed` call `method` (the gateway, as usual,
+/// acting for users), and every call it lets through is answered NOT_FOUND
+/// with `seen(caller)`, so a test can tell whom the service saw.
+pub fn stand_in(
+    service: &str,
+    method: &str,
+    allowed: &SpiffeId,
+    seen: fn(&crate::authz::Caller) -> String,
+) -> crate::inproc::LocalService {
+    use crate::authz::{AuthzLayer, Caller, Policy};
+    let policy = Policy::for_service(&format!("/{service}/"), &[(method, &[&allowed.path()])]);
+    let gateway = TestPki::id(Kind::Service, "gateway");
+    let stack = tower::ServiceBuilder::new()
+        .layer(AuthzLayer::new(policy, gateway, None))
+        .service(tower::service_fn(
+            move |req: http::Request<tonic::body::Body>| {
+                let caller = req.extensions().get::<Caller>().expect("authorized");
+                let status = tonic::Status::not_found(seen(caller));
+                async move { Ok::<_, std::convert::Infallible>(status.into_http()) }
+            },
+        ));
+    crate::inproc::LocalService::new(stack)
+}

@@ -2,45 +2,23 @@
 //! the scheduler (`devcycle up`), as the worker's mesh identity, and over
 //! the network otherwise.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use devcycle::authz::{AuthzLayer, Caller, Policy};
 use devcycle::client::MeshChannel;
 use devcycle::identity::Kind;
 use devcycle::inproc::{self, LocalService};
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
-use devcycle::testkit::TestPki;
-use http::{Request, Response};
+use devcycle::testkit::{self, TestPki, closed_addr};
 use tonic::Code;
-use tonic::body::Body;
 
 const SERVICE: &str = "devcycle.scheduler.v1.Scheduler";
-
-/// An address nothing listens on.
-fn closed_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A stand-in scheduler that answers GetRun with the caller its own
 /// authorization layer saw.
 fn stand_in() -> LocalService {
     let worker = TestPki::id(Kind::Worker, "w1");
-    let gateway = TestPki::id(Kind::Service, "gateway");
-    let policy = Policy::for_service(&format!("/{SERVICE}/"), &[("GetRun", &[&worker.path()])]);
-    let stack = tower::ServiceBuilder::new()
-        .layer(AuthzLayer::new(policy, gateway, None))
-        .service(tower::service_fn(|req: Request<Body>| async move {
-            let caller = req.extensions().get::<Caller>().expect("authorized");
-            Ok::<Response<Body>, Infallible>(
-                tonic::Status::not_found(format!("seen {}", caller.peer)).into_http(),
-            )
-        }));
-    LocalService::new(stack)
+    testkit::stand_in(SERVICE, "GetRun", &worker, |c| format!("seen {}", c.peer))
 }
 
 async fn get_run(addr: SocketAddr, in_process: bool) -> tonic::Status {

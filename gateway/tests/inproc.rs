@@ -4,47 +4,27 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::*;
-use devcycle::authz::{AuthzLayer, Caller, Policy};
 use devcycle::identity::Kind;
 use devcycle::inproc::LocalService;
 use devcycle::proto::registry::v1 as reg;
-use devcycle::testkit::TestPki;
+use devcycle::testkit::{self, TestPki, closed_addr};
 use devcycle_gateway::Route;
 use devcycle_gateway::cache::MemoryCache;
-use http::{Request, Response};
 use tonic::Code;
-use tonic::body::Body;
 
 const SERVICE: &str = "devcycle.registry.v1.AgentRegistry";
-
-/// An address nothing listens on.
-fn closed_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A stand-in registry that answers GetAgent with who it saw calling, as
 /// the service's own authorization layer established it.
 fn stand_in() -> LocalService {
     let gateway = TestPki::id(Kind::Service, "gateway");
-    let policy = Policy::for_service(&format!("/{SERVICE}/"), &[("GetAgent", &[&gateway.path()])]);
-    let stack = tower::ServiceBuilder::new()
-        .layer(AuthzLayer::new(policy, gateway, None))
-        .service(tower::service_fn(|req: Request<Body>| async move {
-            let caller = req.extensions().get::<Caller>().expect("authorized");
-            Ok::<Response<Body>, Infallible>(
-                tonic::Status::not_found(format!("seen {} via {}", caller.actor(), caller.peer))
-                    .into_http(),
-            )
-        }));
-    LocalService::new(stack)
+    testkit::stand_in(SERVICE, "GetAgent", &gateway, |c| {
+        format!("seen {} via {}", c.actor(), c.peer)
+    })
 }
 
 async fn gateway_to(addr: SocketAddr, in_process_calls: bool) -> Gateway {
