@@ -33,7 +33,8 @@ devcycle::conformance! {
     retry_revives_only_what_can_finish,
     unheld_leases_return_or_fail,
     a_lease_is_trusted_only_from_its_worker,
-    queue_gauges_count_the_whole_database
+    queue_gauges_count_the_whole_database,
+    a_failed_batch_changes_nothing
     ],
     postgres(run) => {
         let (store, _pool) = common::postgres().await;

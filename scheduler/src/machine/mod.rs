@@ -7,7 +7,7 @@
 //! operation on a leased task is checked against the (state, attempt,
 //! lease id) it names: a stale caller changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -50,8 +50,10 @@ pub struct Machine {
     rng: StdRng,
     runs: HashMap<String, RunRow>,
     tasks: HashMap<String, TaskRow>,
-    /// Task ids of each fully loaded run, in load order.
+    /// Task ids of each loaded run, in load order.
     by_run: HashMap<String, Vec<String>>,
+    /// Runs loaded with only some of their tasks.
+    partial: HashSet<String>,
     /// Rows changed, with the revision they were loaded at (0: new).
     dirty_runs: BTreeMap<String, i64>,
     dirty_tasks: BTreeMap<String, i64>,
@@ -73,6 +75,7 @@ impl Machine {
             runs: HashMap::new(),
             tasks: HashMap::new(),
             by_run: HashMap::new(),
+            partial: HashSet::new(),
             dirty_runs: BTreeMap::new(),
             dirty_tasks: BTreeMap::new(),
             events: Vec::new(),
@@ -93,6 +96,41 @@ impl Machine {
         }
         self.by_run.entry(run.id.clone()).or_insert(ids);
         self.runs.entry(run.id.clone()).or_insert(run);
+    }
+
+    /// Adds a run with only some of its tasks: enough to lease them.
+    pub fn load_part(&mut self, run: RunRow, tasks: Vec<TaskRow>) {
+        if !self.runs.contains_key(&run.id) {
+            self.partial.insert(run.id.clone());
+        }
+        self.load_run(run, tasks);
+    }
+
+    /// Every run loaded whole, with all its tasks, as this batch left them
+    /// (revisions bumped where changed, as written).
+    pub fn into_whole_runs(mut self) -> Vec<(RunRow, Vec<TaskRow>)> {
+        let mut out = Vec::with_capacity(self.runs.len());
+        for (id, mut run) in self.runs.drain() {
+            if self.partial.contains(&id) {
+                continue;
+            }
+            if let Some(rev) = self.dirty_runs.get(&id) {
+                run.rev = rev + 1;
+            }
+            let ids = self.by_run.remove(&id).unwrap_or_default();
+            let tasks = ids
+                .into_iter()
+                .filter_map(|t| {
+                    let mut t = self.tasks.remove(&t)?;
+                    if let Some(rev) = self.dirty_tasks.get(&t.id) {
+                        t.rev = rev + 1;
+                    }
+                    Some(t)
+                })
+                .collect();
+            out.push((run, tasks));
+        }
+        out
     }
 
     pub fn has_run(&self, id: &str) -> bool {

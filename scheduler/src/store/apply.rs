@@ -76,25 +76,25 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                 }
             }
         }
+        let kept = tx.cache();
         let unknown: Vec<String> = task_ids
             .into_iter()
-            .filter(|t| match batch.known_runs.get(t) {
-                Some(r) => {
-                    run_ids.insert(r.clone());
-                    false
+            .filter(|t| {
+                let known = batch.known_runs.get(t).map(String::as_str);
+                match known.or_else(|| kept.as_ref()?.run_of(t)) {
+                    Some(r) => {
+                        run_ids.insert(r.to_owned());
+                        false
+                    }
+                    None => true,
                 }
-                None => true,
             })
             .collect();
         if !unknown.is_empty() {
             run_ids.extend(tx.run_ids_of(&unknown).await?);
         }
         let run_ids: Vec<String> = run_ids.into_iter().filter(|r| !m.has_run(r)).collect();
-        if !run_ids.is_empty() {
-            for (run, tasks) in tx.load_runs(&run_ids, false).await? {
-                m.load_run(run, tasks);
-            }
-        }
+        load_runs(tx, &mut m, run_ids, false).await?;
         for op in batch.ops {
             let (sender, op) = match op {
                 Op::Worker { worker_id, op } => (Some(worker_id), *op),
@@ -172,9 +172,7 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                 .into_iter()
                 .filter(|r| !m.has_run(r))
                 .collect();
-            for (run, tasks) in tx.load_runs(&runs, true).await? {
-                m.load_run(run, tasks);
-            }
+            load_runs(tx, &mut m, runs, true).await?;
             for id in ids {
                 let Some(t) = m.task(&id) else { continue };
                 let _ = if t.state == TaskState::Leased {
@@ -226,7 +224,36 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
             (a, b) => a.or(b),
         };
     }
+    // Every statement succeeded: what the batch wrote is what it keeps.
+    if let Some(kept) = tx.cache() {
+        kept.keep(m.into_whole_runs());
+    }
     Ok(out)
+}
+
+/// Loads runs whole: those kept from earlier batches, the rest from the
+/// database.
+async fn load_runs<T: TxOps>(
+    tx: &mut T,
+    m: &mut Machine,
+    mut ids: Vec<String>,
+    skip_locked: bool,
+) -> Result<()> {
+    if let Some(kept) = tx.cache() {
+        ids.retain(|id| match kept.take(id) {
+            Some((run, tasks)) => {
+                m.load_run(run, tasks);
+                false
+            }
+            None => true,
+        });
+    }
+    if !ids.is_empty() {
+        for (run, tasks) in tx.load_runs(&ids, skip_locked).await? {
+            m.load_run(run, tasks);
+        }
+    }
+    Ok(())
 }
 
 /// The attempts that failed in this batch: `TaskFailed` (to be retried) and
@@ -282,13 +309,26 @@ async fn claim<T: TxOps>(
             fetched.extend(ids);
         }
         if !fetched.is_empty() {
-            let fresh: Vec<String> = fetched
+            let mut fresh: Vec<String> = fetched
                 .iter()
                 .filter(|id| m.task(id).is_none())
                 .cloned()
                 .collect();
+            if let Some(kept) = tx.cache() {
+                fresh.retain(|id| {
+                    if m.task(id).is_some() {
+                        return false;
+                    }
+                    let Some(run_id) = kept.run_of(id).map(str::to_owned) else {
+                        return true;
+                    };
+                    let (run, tasks) = kept.take(&run_id).expect("kept run of a kept task");
+                    m.load_run(run, tasks);
+                    false
+                });
+            }
             for (run, tasks) in tx.load_tasks(&fresh).await? {
-                m.load_run(run, tasks);
+                m.load_part(run, tasks);
             }
             pool.extend(fetched);
             pool.retain(|id| {

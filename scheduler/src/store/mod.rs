@@ -15,6 +15,7 @@
 //! its run's lock, which is what makes claims by many schedulers safe.
 
 mod apply;
+pub mod cache;
 pub mod notice;
 pub mod pg;
 mod rows;
@@ -246,6 +247,11 @@ pub trait TxOps {
     /// Sends payloads to other schedulers when the transaction commits (a
     /// store with one scheduler per database has no one to tell).
     async fn announce(&mut self, payloads: &[String]) -> Result<()>;
+    /// Runs kept from earlier batches, for a store that is its database's
+    /// only writer; see [`cache`].
+    fn cache(&mut self) -> Option<&mut cache::RunCache> {
+        None
+    }
 }
 
 /// Reads for the API, and the outbox.

@@ -18,6 +18,7 @@ use rusqlite::{Connection, params};
 
 use self::conn::{Worker, all, first, open, spawn_checkpointer};
 use self::tx::SqliteTx;
+use super::cache::RunCache;
 use super::rows;
 use super::sql::*;
 use super::{Applied, Batch, SchedulerStore, apply_batch};
@@ -27,9 +28,17 @@ use crate::model::*;
 mod conn;
 mod tx;
 
+/// The write connection and what goes with it.
+struct Writer {
+    conn: Connection,
+    /// The id the next event gets.
+    next_event: i64,
+    /// Runs the engine's batches left unfinished; see [`RunCache`].
+    kept: RunCache,
+}
+
 pub struct SqliteStore {
-    /// The write connection and the next event id, owned together.
-    writer: Arc<Mutex<(Connection, i64)>>,
+    writer: Arc<Mutex<Writer>>,
     reader: Worker,
     /// Events wait for the relay (`published = 0`) only with an outbox.
     outbox: bool,
@@ -57,7 +66,11 @@ impl SqliteStore {
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(&path, Arc::clone(&stop))?;
         Ok(Self {
-            writer: Arc::new(Mutex::new((writer, next_event))),
+            writer: Arc::new(Mutex::new(Writer {
+                conn: writer,
+                next_event,
+                kept: RunCache::default(),
+            })),
             reader: Worker::spawn("sched-sqlite-reader", &path)?,
             outbox,
             rate_limited: Arc::new(AtomicBool::new(limited)),
@@ -65,17 +78,21 @@ impl SqliteStore {
         })
     }
 
+    /// How many runs the engine's batches left unfinished are kept.
+    pub fn kept_runs(&self) -> usize {
+        self.writer.lock().kept.len()
+    }
+
     /// Runs `f` on the write connection, on this thread: the engine is the
     /// writer, and a hop to another thread would cost more than the batch.
-    fn write<T>(&self, f: impl FnOnce(&mut Connection, &mut i64) -> Result<T>) -> Result<T> {
-        let mut w = self.writer.lock();
-        let (conn, next) = &mut *w;
-        f(conn, next)
+    fn write<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        f(&mut self.writer.lock())
     }
 
     /// [`Self::write`] for callers other than the engine: they may wait for
     /// the engine's batch, and must not hold a runtime thread while they do.
-    fn write_aside<T>(&self, f: impl FnOnce(&mut Connection, &mut i64) -> Result<T>) -> Result<T> {
+    fn write_aside<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let f = |w: &mut Writer| f(&mut w.conn);
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
                 tokio::task::block_in_place(|| self.write(f))
@@ -93,7 +110,12 @@ impl SchedulerStore for SqliteStore {
 
     async fn apply(&self, batch: Batch) -> Result<Applied> {
         let (outbox, rate_limited) = (self.outbox, self.rate_limited.load(Ordering::Relaxed));
-        self.write(move |conn, next_event| {
+        self.write(move |w| {
+            let Writer {
+                conn,
+                next_event,
+                kept,
+            } = w;
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let before = *next_event;
             let mut ops = SqliteTx {
@@ -101,21 +123,17 @@ impl SchedulerStore for SqliteStore {
                 outbox,
                 rate_limited,
                 next_event,
+                kept,
             };
-            let applied = futures::executor::block_on(apply_batch(&mut ops, batch));
-            let applied = match applied {
-                Ok(a) => a,
-                Err(e) => {
-                    // Rolled back: its event ids were never used.
-                    *next_event = before;
-                    return Err(e);
-                }
-            };
-            if let Err(e) = tx.commit() {
+            let applied = futures::executor::block_on(apply_batch(&mut ops, batch))
+                .and_then(|a| Ok(tx.commit().map(|()| a)?));
+            if applied.is_err() {
+                // Rolled back: its event ids were never used, and the runs
+                // kept may be ahead of the database.
                 *next_event = before;
-                return Err(e.into());
+                kept.clear();
             }
-            Ok(applied)
+            applied
         })
     }
 
@@ -128,7 +146,7 @@ impl SchedulerStore for SqliteStore {
         any_owner: bool,
     ) -> Result<WorkflowRow> {
         let (name, by) = (name.to_owned(), by.to_owned());
-        self.write_aside(move |conn, _| {
+        self.write_aside(move |conn| {
             let p = params![name, spec, now, by, any_owner];
             let stored: Option<(i64, String)> = first(conn, sqlite!(PUT_WORKFLOW), p, |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -260,7 +278,7 @@ impl SchedulerStore for SqliteStore {
     async fn set_rate_limit(&self, agent: &str, limit: Option<RateLimit>) -> Result<()> {
         let agent = agent.to_owned();
         let flag = Arc::clone(&self.rate_limited);
-        self.write_aside(move |conn, _| {
+        self.write_aside(move |conn| {
             match limit {
                 None => conn.execute(sqlite!(DELETE_RATE_LIMIT), [agent])?,
                 Some(l) => conn.execute(
@@ -291,7 +309,7 @@ impl SchedulerStore for SqliteStore {
     }
 
     async fn mark_published(&self, ids: &[i64]) -> Result<()> {
-        self.write_aside(|conn, _| {
+        self.write_aside(|conn| {
             let tx = conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(SQLITE_MARK_PUBLISHED)?;

@@ -8,19 +8,24 @@ use std::sync::Arc;
 
 use devcycle::db::Database;
 use devcycle_scheduler::model::*;
+use devcycle_scheduler::store::sqlite::SqliteStore;
 use devcycle_scheduler::store::{Applied, Batch, Claim, Op, OpResult, SchedulerStore, Submit};
 
 pub type Store = Arc<dyn SchedulerStore>;
 
 pub async fn sqlite() -> (Store, tempfile::TempDir) {
+    let (store, dir) = sqlite_store().await;
+    (store, dir)
+}
+
+pub async fn sqlite_store() -> (Arc<SqliteStore>, tempfile::TempDir) {
     let (dir, url) = devcycle::testkit::fresh_sqlite();
     let db = Database::open(&url).await.unwrap();
     let Database::Sqlite(pool) = &db else {
         unreachable!()
     };
     let path = pool.connect_options().get_filename().to_owned();
-    let store = devcycle_scheduler::store::sqlite::SqliteStore::open(path, true).unwrap();
-    (Arc::new(store), dir)
+    (Arc::new(SqliteStore::open(path, true).unwrap()), dir)
 }
 
 pub async fn postgres() -> (Store, sqlx::PgPool) {

@@ -384,3 +384,61 @@ pub async fn logs_workflows_and_listing(s: Store) {
     assert_eq!(s.list_runs(&by("user/test"), 10).await.unwrap().len(), 5);
     assert!(s.list_runs(&by("user/other"), 10).await.unwrap().is_empty());
 }
+
+/// A batch whose writes fail changes nothing, and later batches see the
+/// database as it was before it: a store that keeps runs between batches
+/// keeps only what was committed.
+pub async fn a_failed_batch_changes_nothing(s: Store) {
+    let two = run(
+        vec![T::new("a"), T::new("b")],
+        None,
+        FailurePolicy::Continue,
+        T0,
+    );
+    let other = run(vec![T::new("c")], None, FailurePolicy::FailFast, T0);
+    let run_id = two.run.id.clone();
+    let a = s
+        .apply(Batch {
+            now: T0,
+            submits: vec![two, other],
+            claims: vec![claim("w1", 3)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let leased = |key: &str| a.leased.iter().find(|t| t.key == key).unwrap().clone();
+    let (ta, tb, tc) = (leased("a"), leased("b"), leased("c"));
+
+    // Task a's result is applied, then a new run reusing task c's id fails
+    // to insert, in the same batch.
+    let mut clash = run(vec![T::new("x")], None, FailurePolicy::FailFast, T0);
+    clash.tasks[0].id = tc.id.clone();
+    let failed = s
+        .apply(Batch {
+            now: T0 + 1,
+            submits: vec![clash],
+            ops: vec![Op::Complete {
+                lease: lease_of(&ta),
+                outcome: Outcome::Success {
+                    output: "{}".into(),
+                },
+            }],
+            ..Default::default()
+        })
+        .await;
+    assert!(failed.is_err(), "a task id used twice fails the batch");
+    assert_eq!(task(&s, &ta.id).await.state, TaskState::Leased);
+
+    assert_eq!(complete(&s, T0 + 2, &ta, "{}").await, OpResult::Done);
+    assert_eq!(complete(&s, T0 + 3, &tb, "{}").await, OpResult::Done);
+    assert_eq!(complete(&s, T0 + 4, &tc, "{}").await, OpResult::Done);
+    assert_eq!(run_state(&s, &run_id).await, RunState::Succeeded);
+    let seqs: Vec<i64> = s
+        .run_events(&run_id, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "no gap from the failed batch");
+}

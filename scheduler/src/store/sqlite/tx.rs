@@ -10,6 +10,7 @@ use super::conn::{all, first};
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::store::TxOps;
+use crate::store::cache::RunCache;
 use crate::store::rows::{self, RunRecord, TaskRecord};
 use crate::store::sql::*;
 
@@ -19,6 +20,7 @@ pub(super) struct SqliteTx<'c> {
     pub rate_limited: bool,
     /// The id the next event gets: the writer's commit order.
     pub next_event: &'c mut i64,
+    pub kept: &'c mut RunCache,
 }
 
 fn json_list(items: &[String]) -> String {
@@ -363,5 +365,11 @@ impl TxOps for SqliteTx<'_> {
     /// One process per database file: nobody else to tell.
     async fn announce(&mut self, _payloads: &[String]) -> Result<()> {
         Ok(())
+    }
+
+    /// The engine is the database's only writer, so what it wrote is what
+    /// the database holds.
+    fn cache(&mut self) -> Option<&mut RunCache> {
+        Some(self.kept)
     }
 }
