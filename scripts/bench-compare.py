@@ -19,9 +19,13 @@ import subprocess
 import sys
 import uuid
 
-FIELDS = [("tasks_per_second", "tasks/s", "{:,.0f}"), ("cpu_us_per_task", "CPU µs/task", "{:.0f}"),
-          ("p50_ms", "p50 ms", "{:.2f}"),
-          ("p99_ms", "p99 ms", "{:.2f}"), ("idle_rss_mib", "idle RSS MiB", "{:.1f}")]
+FIELDS = [
+    ("tasks_per_second", "tasks/s", "{:,.0f}"),
+    ("cpu_us_per_task", "CPU µs/task", "{:.0f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("idle_rss_mib", "idle RSS MiB", "{:.1f}"),
+]
 
 
 def psql(url, sql):
