@@ -21,15 +21,7 @@ async fn unfinished_runs_are_kept_until_they_end() {
         T0,
     );
     let run_id = sub.run.id.clone();
-    let a = s
-        .apply(Batch {
-            now: T0,
-            submits: vec![sub],
-            claims: vec![claim("w1", 1)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let a = submit_claim(&store, T0, vec![sub], "w1", 1).await;
     assert_eq!((a.leased.len(), s.kept_runs()), (1, 1));
     assert_eq!(
         complete(&store, T0 + 1, &a.leased[0], "{}").await,
@@ -57,15 +49,7 @@ async fn kept_runs_are_bounded() {
             sub
         })
         .collect();
-    let a = s
-        .apply(Batch {
-            now: T0,
-            submits,
-            claims: vec![claim("w1", n as u32)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let a = submit_claim(&store, T0, submits, "w1", n as u32).await;
     assert_eq!(a.leased.len(), n);
     let kept = s.kept_runs();
     assert!(kept > 0 && kept < n / 2 + 1, "{kept} of {n} runs kept");
@@ -82,15 +66,7 @@ async fn a_failed_batch_forgets_what_was_kept() {
     let store: Store = s.clone();
     let first = run(vec![T::new("a")], None, FailurePolicy::FailFast, T0);
     let second = run(vec![T::new("b")], None, FailurePolicy::FailFast, T0);
-    let a = s
-        .apply(Batch {
-            now: T0,
-            submits: vec![first, second],
-            claims: vec![claim("w1", 2)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let a = submit_claim(&store, T0, vec![first, second], "w1", 2).await;
     assert_eq!(s.kept_runs(), 2);
     let mut clash = run(vec![T::new("x")], None, FailurePolicy::FailFast, T0);
     clash.tasks[0].id = a.leased[1].id.clone();

@@ -223,6 +223,25 @@ pub async fn submit(s: &Store, sub: Submit, now: i64) -> Applied {
     .unwrap()
 }
 
+/// Submits runs while `worker` waits with `max` credits: one batch, as the
+/// engine applies it, so the new tasks are leased straight away.
+pub async fn submit_claim(
+    s: &Store,
+    now: i64,
+    submits: Vec<Submit>,
+    worker: &str,
+    max: u32,
+) -> Applied {
+    s.apply(Batch {
+        now,
+        submits,
+        claims: vec![claim(worker, max)],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 pub async fn claims(s: &Store, now: i64, cs: Vec<Claim>) -> Vec<TaskRow> {
     s.apply(Batch {
         now,

@@ -13,15 +13,7 @@ use crate::common::*;
 pub async fn sync_match_and_events(s: Store) {
     let sub = run(vec![T::new("only")], None, FailurePolicy::FailFast, T0);
     let run_id = sub.run.id.clone();
-    let a = s
-        .apply(Batch {
-            now: T0,
-            submits: vec![sub],
-            claims: vec![claim("w1", 4)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let a = submit_claim(&s, T0, vec![sub], "w1", 4).await;
     assert_eq!(a.submitted, vec![(run_id.clone(), true)]);
     assert_eq!(a.leased.len(), 1, "handed straight to the waiting worker");
     let t = &a.leased[0];

@@ -243,14 +243,7 @@ pub async fn outbox_in_order(s: Store) {
     for i in 0..3 {
         let sub = run(vec![T::new("t")], None, FailurePolicy::FailFast, T0 + i);
         runs.push(sub.run.id.clone());
-        s.apply(Batch {
-            now: T0 + i,
-            submits: vec![sub],
-            claims: vec![claim("w", 1)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        submit_claim(&s, T0 + i, vec![sub], "w", 1).await;
     }
     let pending = s.outbox(100).await.unwrap();
     assert_eq!(pending.len(), 6);
@@ -397,15 +390,7 @@ pub async fn a_failed_batch_changes_nothing(s: Store) {
     );
     let other = run(vec![T::new("c")], None, FailurePolicy::FailFast, T0);
     let run_id = two.run.id.clone();
-    let a = s
-        .apply(Batch {
-            now: T0,
-            submits: vec![two, other],
-            claims: vec![claim("w1", 3)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let a = submit_claim(&s, T0, vec![two, other], "w1", 3).await;
     let leased = |key: &str| a.leased.iter().find(|t| t.key == key).unwrap().clone();
     let (ta, tb, tc) = (leased("a"), leased("b"), leased("c"));
 
