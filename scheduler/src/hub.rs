@@ -3,7 +3,7 @@
 //! engine announces after each commit; a PostgreSQL listener announces
 //! other schedulers' commits.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;

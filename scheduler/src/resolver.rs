@@ -2,7 +2,7 @@
 //! change, so they are cached for good; which version is live (and which
 //! agent has a capability) is cached for a short time.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! one transaction, then deliver what it decided — leases to workers,
 //! answers to callers, cancellations, notifications.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,17 +106,17 @@ impl Core {
     /// Runs of the tasks whose leases the sending streams hold, so that
     /// loading them needs no lookup.
     fn known_runs(&self, ops: &[(Op, ReplyTo)]) -> HashMap<String, String> {
-        ops.iter()
-            .filter_map(|(op, to)| {
-                let conn = match to {
-                    ReplyTo::Result { conn, .. } | ReplyTo::Heartbeat { conn, .. } => *conn,
-                    _ => return None,
-                };
-                let lease = op.lease()?;
-                let held = self.workers.get(&conn)?.holds(lease)?;
-                Some((lease.task_id.clone(), held.run_id.clone()))
-            })
-            .collect()
+        let mut known = HashMap::with_capacity(ops.len());
+        known.extend(ops.iter().filter_map(|(op, to)| {
+            let conn = match to {
+                ReplyTo::Result { conn, .. } | ReplyTo::Heartbeat { conn, .. } => *conn,
+                _ => return None,
+            };
+            let lease = op.lease()?;
+            let held = self.workers.get(&conn)?.holds(lease)?;
+            Some((lease.task_id.clone(), held.run_id.clone()))
+        }));
+        known
     }
 
     fn failed(&mut self, e: Error, submit_replies: Vec<SubmitReply>, op_replies: Vec<ReplyTo>) {

@@ -7,7 +7,9 @@
 //! operation on a leased task is checked against the (state, attempt,
 //! lease id) it names: a stale caller changes nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use hashbrown::{HashMap, HashSet};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -82,6 +84,13 @@ impl Machine {
             cancels: Vec::new(),
             finished: Vec::new(),
         }
+    }
+
+    /// Room for `runs` runs and `tasks` tasks without growing the maps.
+    pub fn reserve(&mut self, runs: usize, tasks: usize) {
+        self.runs.reserve(runs);
+        self.by_run.reserve(runs);
+        self.tasks.reserve(tasks);
     }
 
     pub fn now(&self) -> i64 {

@@ -1,7 +1,9 @@
 //! How tasks and runs move between states: readiness, failure, death,
 //! cancellation, and a run settling once its tasks are done.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 
 use serde_json::Value;
 

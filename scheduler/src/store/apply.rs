@@ -1,7 +1,9 @@
 //! One batch, one transaction: load what the batch touches, let the state
 //! machine decide, write back what changed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use hashbrown::{HashMap, HashSet};
 
 use super::{Applied, Batch, Claim, HeldLease, Op, OpResult, TxOps};
 use crate::error::Result;
@@ -14,6 +16,12 @@ const SWEEP_LIMIT: usize = 512;
 pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> {
     let now = batch.now;
     let mut m = Machine::new(now);
+    // Most batches touch one run per item: sized once, never rehashed.
+    let tasks: usize = batch.submits.iter().map(|s| s.tasks.len()).sum();
+    m.reserve(
+        batch.submits.len() + batch.ops.len(),
+        tasks + batch.ops.len(),
+    );
     let mut out = Applied::default();
 
     // New runs. Their tasks are claimable right away, in memory. Runs with

@@ -10,7 +10,7 @@
 //! Only unfinished runs are kept, up to [`MAX_BYTES`] (estimated): past it,
 //! runs are read from the database as if there were no cache.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use crate::model::{RunRow, TaskRow};
 

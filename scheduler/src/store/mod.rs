@@ -22,7 +22,7 @@ mod rows;
 mod sql;
 pub mod sqlite;
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use async_trait::async_trait;
 

@@ -2,7 +2,7 @@
 //! once (arrays and `UNNEST`), so a batch costs a fixed number of round
 //! trips however many tasks it touches.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;

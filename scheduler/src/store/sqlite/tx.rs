@@ -1,7 +1,9 @@
 //! Batches on SQLite: each [`TxOps`] statement runs once per row, cached
 //! and prepared, on the writer's own thread: no round trips to save.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use hashbrown::HashMap;
 
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, params};
