@@ -3,9 +3,9 @@
 //! engine announces after each commit; a PostgreSQL listener announces
 //! other schedulers' commits.
 
-use hashbrown::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot, watch};
 

@@ -2,12 +2,12 @@
 //! change, so they are cached for good; which version is live (and which
 //! agent has a capability) is cached for a short time.
 
-use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
+use hashbrown::HashMap;
 use parking_lot::Mutex;
 use tonic::Code;
 use tonic::transport::Channel;

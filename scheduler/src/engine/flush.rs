@@ -2,13 +2,13 @@
 //! one transaction, then deliver what it decided — leases to workers,
 //! answers to callers, cancellations, notifications.
 
-use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::time::{now_ms, to_timestamp};
+use hashbrown::HashMap;
 
 use super::{Core, Held, MAX_SLEEP, ReplyTo, SubmitReply, lease_ref};
 use crate::error::{Error, Result};

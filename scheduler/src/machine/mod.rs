@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use hashbrown::{HashMap, HashSet};
-
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::model::*;

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
-
 use serde_json::Value;
 
 use super::{CancelNotice, Machine, backoff, deadline, kinds};

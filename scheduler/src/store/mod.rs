@@ -22,9 +22,8 @@ mod rows;
 mod sql;
 pub mod sqlite;
 
-use hashbrown::HashMap;
-
 use async_trait::async_trait;
+use hashbrown::HashMap;
 
 pub use apply::apply_batch;
 

@@ -3,7 +3,6 @@
 //! trips however many tasks it touches.
 
 use hashbrown::{HashMap, HashSet};
-
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};

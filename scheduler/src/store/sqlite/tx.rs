@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use hashbrown::HashMap;
-
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
