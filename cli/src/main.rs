@@ -132,6 +132,9 @@ enum Command {
     /// The dead-letter queue.
     #[command(subcommand)]
     Dlq(cmd::dlq::DlqCmd),
+    /// Cron schedules that start workflow runs.
+    #[command(subcommand)]
+    Schedule(cmd::schedules::ScheduleCmd),
     /// Agents: create, publish, deploy, roll back, find, check.
     #[command(subcommand)]
     Agent(agent::AgentCmd),
@@ -348,6 +351,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => {
             let clients = clients(&src).await?;
             cmd::dlq::run(cmd, &clients, json).await
+        }
+        Command::Schedule(cmd) => {
+            let clients = clients(&src).await?;
+            cmd::schedules::run(cmd, &clients, json).await
         }
         Command::Agent(cmd) => {
             let clients = clients(&src).await?;

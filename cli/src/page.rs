@@ -35,6 +35,7 @@ pages! {
     scheduler::ListRunsResponse => runs: scheduler::Run,
     scheduler::ListTasksResponse => tasks: scheduler::Task,
     scheduler::ListDeadLettersResponse => dead_letters: scheduler::DeadLetter,
+    scheduler::ListSchedulesResponse => schedules: scheduler::Schedule,
     auth::ListUsersResponse => users: auth::User,
     auth::ListAuditEventsResponse => events: auth::AuditEvent,
 }

@@ -113,6 +113,57 @@ fn up_then_register_publish_deploy_and_roll_back() {
         serde_json::from_str(&ok(&["--json", "run", "list", "--limit", "1"])).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1);
 
+    // A cron schedule of a stored workflow: created, listed, fired, paused.
+    let tick = data.path().join("tick.yaml");
+    std::fs::write(&tick, "name: tick\ntasks:\n  - { id: t, agent: noop }\n").unwrap();
+    ok(&["workflow", "put", tick.to_str().unwrap()]);
+    let (success, _, err) = cli(
+        data.path(),
+        &mesh.addr,
+        &[
+            "schedule",
+            "create",
+            "s",
+            "--cron",
+            "99 * * * *",
+            "--workflow",
+            "tick",
+        ],
+    );
+    assert!(!success);
+    assert!(err.contains("schedule.cron"), "{err}");
+    let each_second = [
+        "schedule",
+        "create",
+        "every-second",
+        "--cron",
+        "* * * * * *",
+        "--workflow",
+        "tick",
+        "--tz",
+        "Europe/Paris",
+        "--overlap",
+        "allow",
+    ];
+    assert!(ok(&each_second).contains("time_zone: Europe/Paris"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "schedule", "list"])).unwrap();
+    assert_eq!(listed[0]["name"], "every-second");
+    assert_eq!(listed[0]["overlap"], "allow");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: serde_json::Value =
+            serde_json::from_str(&ok(&["--json", "schedule", "get", "every-second"])).unwrap();
+        if s["fired"].as_u64().unwrap() >= 1 {
+            assert!(!s["last_run_id"].as_str().unwrap().is_empty(), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the schedule never fired: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok(&["schedule", "pause", "every-second"]).contains("paused: true"));
+    assert!(ok(&["schedule", "delete", "every-second"]).contains("deleted"));
+
     // Refusals are precise and exit non-zero.
     let (success, _, err) = cli(data.path(), &mesh.addr, &["agent", "delete", "reviewer"]);
     assert!(!success);

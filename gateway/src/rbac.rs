@@ -121,6 +121,14 @@ fn table() -> Vec<(String, Rule)> {
             ("RequeueDeadLetter", write(MAINT, &[&[1]])),
             ("SetAgentRateLimit", write(MAINT, &[&[1]])),
             ("Work", MESH_ONLY),
+            // Owners, maintainers and admins change a schedule (the
+            // scheduler checks ownership).
+            ("CreateSchedule", write(DEV, &[&[1, 1]])),
+            ("GetSchedule", read(READ)),
+            ("ListSchedules", read(READ)),
+            ("PauseSchedule", write(DEV, &[&[1]])),
+            ("ResumeSchedule", write(DEV, &[&[1]])),
+            ("DeleteSchedule", write(DEV, &[&[1]])),
         ],
     ));
     t.extend(svc(

@@ -16,6 +16,8 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
     PermissionDenied(String),
@@ -106,6 +108,7 @@ impl From<Error> for Status {
         match e {
             Error::Invalid(f) => Status::invalid_argument(f.to_string()),
             Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Conflict(m) | Error::Superseded(m) => Status::aborted(m),

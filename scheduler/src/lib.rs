@@ -2,6 +2,7 @@
 //! leases and fencing, retries with backoff, dead letters, and events
 //! through a transactional outbox.
 
+pub mod cron;
 pub mod engine;
 mod error;
 pub mod hub;
@@ -69,6 +70,12 @@ pub fn policy() -> Policy {
             ("RequeueDeadLetter", WRITE),
             ("SetAgentRateLimit", WRITE),
             ("Work", WORKER),
+            ("CreateSchedule", WRITE),
+            ("GetSchedule", READ),
+            ("ListSchedules", READ),
+            ("PauseSchedule", WRITE),
+            ("ResumeSchedule", WRITE),
+            ("DeleteSchedule", WRITE),
         ],
     )
 }
@@ -173,16 +180,18 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         )
     });
     tokio::spawn(stats::run(Arc::clone(&store), relay_stop.clone()));
-    let svc = service::SchedulerService {
+    let svc = Arc::new(service::SchedulerService {
         store,
         engine,
         resolver: Arc::new(resolver::Resolver::new(AgentRegistryClient::new(registry))),
         schemas: Default::default(),
         heartbeat_interval: opts.heartbeat_interval,
         shutdown: shutdown.clone(),
-    };
+        schedules_changed: Default::default(),
+    });
+    tokio::spawn(service::run_ticker(Arc::clone(&svc), shutdown.clone()));
     let routes = tonic::service::Routes::new(
-        SchedulerServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        SchedulerServer::from_arc(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     );
     let db = opts.db;
     opts.endpoint

@@ -7,10 +7,11 @@ mod common;
 mod conformance {
     pub mod leases;
     pub mod runs;
+    pub mod schedules;
     pub mod timers;
 }
 
-use conformance::{leases::*, runs::*, timers::*};
+use conformance::{leases::*, runs::*, schedules::*, timers::*};
 
 devcycle::conformance! {
     tests: [
@@ -34,7 +35,8 @@ devcycle::conformance! {
     unheld_leases_return_or_fail,
     a_lease_is_trusted_only_from_its_worker,
     queue_gauges_count_the_whole_database,
-    a_failed_batch_changes_nothing
+    a_failed_batch_changes_nothing,
+    schedules_are_claimed_once_per_tick
     ],
     postgres(run) => {
         let (store, _pool) = common::postgres().await;

@@ -5,6 +5,7 @@ mod common;
 /// The cases, by area.
 mod grpc {
     pub mod runs;
+    pub mod schedules;
     pub mod submit;
 }
 
@@ -45,7 +46,7 @@ fn every_scheduler_method_has_a_policy_entry() {
         .into_iter()
         .filter(|m| m.starts_with("/devcycle.scheduler.v1."))
         .collect();
-    assert_eq!(methods.len(), 17);
+    assert_eq!(methods.len(), 23);
     for m in methods {
         assert!(policy.has_entry(&m), "{m} has no policy entry");
     }

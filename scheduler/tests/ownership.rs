@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::mesh::{Db, Mesh};
 use devcycle::identity::Kind;
 use devcycle::proto::scheduler::v1 as pb;
@@ -197,4 +199,68 @@ async fn idempotency_keys_are_per_submitter() {
     let again = dana.submit_task(hang(key)).await.unwrap().into_inner();
     assert!(!again.created);
     assert_eq!(again.run.unwrap().id, mine.run.unwrap().id);
+}
+
+/// A schedule belongs to who created it: its runs are theirs, and only
+/// they, maintainers and admins pause, resume or delete it.
+#[tokio::test]
+async fn schedules_and_their_runs_belong_to_their_creator() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let mut dana = as_user(&m, "dana", "developer");
+    let mut carl = as_user(&m, "carl", "developer");
+    let mut mia = as_user(&m, "mia", "maintainer");
+    let mut plain = m.client();
+    common::schedule::put_workflow(&mut plain, "cron-owned", "hang").await;
+    let s = common::schedule::every_second("dana-s", "cron-owned", pb::OverlapPolicy::Skip);
+    let created = dana
+        .create_schedule(pb::CreateScheduleRequest { schedule: Some(s) })
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    assert_eq!(created.owner, "user/dana");
+    let s = common::schedule::until(&mut plain, "dana-s", Duration::from_secs(20), |s| {
+        s.fired >= 1
+    })
+    .await;
+    let run_id = s.last_run_id.clone();
+    let get = |run_id: &str| pb::GetRunRequest {
+        run_id: run_id.into(),
+    };
+    let run = dana
+        .get_run(get(&run_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.created_by, "user/dana");
+    code(carl.get_run(get(&run_id)).await, Code::NotFound);
+
+    let name = || "dana-s".to_owned();
+    let msg = code(
+        carl.pause_schedule(pb::PauseScheduleRequest { name: name() })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("belongs to user/dana"), "{msg}");
+    code(
+        carl.delete_schedule(pb::DeleteScheduleRequest { name: name() })
+            .await,
+        Code::PermissionDenied,
+    );
+    // Reading is open to every reader.
+    carl.get_schedule(pb::GetScheduleRequest { name: name() })
+        .await
+        .unwrap();
+    mia.pause_schedule(pb::PauseScheduleRequest { name: name() })
+        .await
+        .unwrap();
+    dana.resume_schedule(pb::ResumeScheduleRequest { name: name() })
+        .await
+        .unwrap();
+    dana.delete_schedule(pb::DeleteScheduleRequest { name: name() })
+        .await
+        .unwrap();
 }

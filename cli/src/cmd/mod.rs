@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod dlq;
 pub mod follow;
 pub mod runs;
+pub mod schedules;
 pub mod sessions;
 pub mod tasks;
 pub mod users;

@@ -4,6 +4,7 @@
 
 mod access;
 mod runs;
+mod schedules;
 mod start;
 mod tasks;
 mod workflows;
@@ -26,6 +27,8 @@ use crate::store::SchedulerStore;
 use crate::submit::Schemas;
 use crate::{watch, work};
 
+pub(crate) use self::schedules::run_ticker;
+
 pub struct SchedulerService {
     pub(crate) store: Arc<dyn SchedulerStore>,
     pub(crate) engine: Engine,
@@ -33,6 +36,8 @@ pub struct SchedulerService {
     pub(crate) schemas: Schemas,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) shutdown: CancellationToken,
+    /// Wakes the ticker when a schedule is created or resumed here.
+    pub(crate) schedules_changed: tokio::sync::Notify,
 }
 
 fn check_id(field: &str, id: &str) -> Result<()> {
@@ -98,6 +103,12 @@ rpcs! {
     list_dead_letters(read) => tasks: ListDeadLettersRequest -> pb::ListDeadLettersResponse,
     requeue_dead_letter(write) => tasks: RequeueDeadLetterRequest -> pb::RequeueDeadLetterResponse,
     set_agent_rate_limit(none) => tasks: SetAgentRateLimitRequest -> pb::SetAgentRateLimitResponse,
+    create_schedule(caller) => schedules: CreateScheduleRequest -> pb::CreateScheduleResponse,
+    get_schedule(none) => schedules: GetScheduleRequest -> pb::GetScheduleResponse,
+    list_schedules(none) => schedules: ListSchedulesRequest -> pb::ListSchedulesResponse,
+    pause_schedule(caller) => schedules: PauseScheduleRequest -> pb::PauseScheduleResponse,
+    resume_schedule(caller) => schedules: ResumeScheduleRequest -> pb::ResumeScheduleResponse,
+    delete_schedule(caller) => schedules: DeleteScheduleRequest -> pb::DeleteScheduleResponse,
     {
         type WatchRunStream = watch::RunEventStream;
         type WorkStream = work::WorkStream;

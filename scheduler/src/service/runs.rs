@@ -31,7 +31,7 @@ pub(super) async fn submit_run(
         workflow_name: name,
         wait: r.wait,
     };
-    let started = svc.start(caller, start).await?;
+    let started = svc.start(caller.actor(), start).await?;
     let created = started.created;
     let run = svc.answer(started, r.wait, r.wait_timeout_ms).await?;
     Ok(pb::SubmitRunResponse {
@@ -67,14 +67,17 @@ pub(super) async fn submit_task(
         workflow_name: String::new(),
         wait: r.wait,
     };
-    let started = svc.start(caller, start).await.map_err(|e| match e {
-        // The one-task spec's fields are the request's `task.*`.
-        Error::Invalid(f) => Error::Invalid(FieldError::new(
-            f.field.replacen("task.tasks[0]", "task", 1),
-            f.reason,
-        )),
-        other => other,
-    })?;
+    let started = svc
+        .start(caller.actor(), start)
+        .await
+        .map_err(|e| match e {
+            // The one-task spec's fields are the request's `task.*`.
+            Error::Invalid(f) => Error::Invalid(FieldError::new(
+                f.field.replacen("task.tasks[0]", "task", 1),
+                f.reason,
+            )),
+            other => other,
+        })?;
     let created = started.created;
     let run = svc.answer(started, r.wait, r.wait_timeout_ms).await?;
     Ok(pb::SubmitTaskResponse {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use devcycle::authz::Caller;
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::time::now_ms;
@@ -44,13 +43,14 @@ impl SchedulerService {
         }
     }
 
-    /// Validates, resolves agents, and starts a run (or finds the run its
-    /// idempotency key names). Returns the run id and whether it is new.
-    pub(super) async fn start(&self, caller: &Caller, s: Start<'_>) -> Result<Started> {
+    /// Validates, resolves agents, and starts a run as `actor` (or finds the
+    /// run its idempotency key names). Returns the run id and whether it is
+    /// new.
+    pub(super) async fn start(&self, actor: String, s: Start<'_>) -> Result<Started> {
         validate::max_bytes("idempotency_key", s.key, 128)?;
         let key = (!s.key.is_empty()).then(|| s.key.to_owned());
         if let Some(k) = &key
-            && let Some(existing) = self.store.run_by_key(&caller.actor(), k).await?
+            && let Some(existing) = self.store.run_by_key(&actor, k).await?
         {
             return Ok(Started {
                 run_id: existing,
@@ -77,7 +77,7 @@ impl SchedulerService {
             workflow_name: s.workflow_name,
             workflow_revision: s.revision,
             idempotency_key: key,
-            created_by: caller.actor(),
+            created_by: actor,
             now: now_ms(),
             traceparent: devcycle::otel::traceparent(&tracing::Span::current()),
         };

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod notice;
 pub mod pg;
 mod rows;
+pub mod schedules;
 mod sql;
 pub mod sqlite;
 
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use hashbrown::HashMap;
 
 pub use apply::apply_batch;
+pub use schedules::{ScheduleRow, ScheduleStore};
 
 use crate::error::{Error, Result};
 use crate::machine::{CancelNotice, Reject};
@@ -255,7 +257,7 @@ pub trait TxOps {
 
 /// Reads for the API, and the outbox.
 #[async_trait]
-pub trait SchedulerStore: Send + Sync + 'static {
+pub trait SchedulerStore: ScheduleStore + Send + Sync + 'static {
     async fn apply(&self, batch: Batch) -> Result<Applied>;
 
     /// Whether `apply` can lose a race to another writer (and be worth

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::*;
 
 mod listen;
+mod schedules;
 mod tx;
 
 /// Channel on which a commit announces new claimable tasks or events.

@@ -363,6 +363,56 @@ pub const SQLITE_OUTBOX: &str = outbox!("e.published = 0", "?1");
 pub const SQLITE_MARK_PUBLISHED: &str =
     "UPDATE sched_events SET published = 1 WHERE id = ?1 AND published = 0";
 
+// Schedules (both engines).
+
+macro_rules! schedule_columns {
+    () => {
+        "name, id, cron, time_zone, workflow, inputs, overlap, catchup_ms, paused, next_fire, \
+         last_fire, last_run_id, owner, create_time, fired, skipped, missed, last_error, \
+         claimed_until, rev"
+    };
+}
+
+/// Inserts a schedule unless one has its name.
+pub const INSERT_SCHEDULE: &str = concat!(
+    "INSERT INTO sched_schedules (",
+    schedule_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20) ON CONFLICT (name) DO NOTHING"
+);
+pub const GET_SCHEDULE: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM sched_schedules WHERE name = $1"
+);
+pub const LIST_SCHEDULES: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM sched_schedules WHERE name > $1 ORDER BY name LIMIT $2"
+);
+/// Unpaused schedules whose tick is due and that no scheduler holds.
+pub const DUE_SCHEDULES: &str = concat!(
+    "SELECT ",
+    schedule_columns!(),
+    " FROM sched_schedules WHERE NOT paused AND next_fire <= $1 AND claimed_until <= $1 \
+     ORDER BY next_fire LIMIT $2"
+);
+/// When the earliest unpaused schedule may next be acted on.
+pub const NEXT_SCHEDULE_FIRE: &str = "SELECT MIN(CASE WHEN claimed_until > next_fire \
+     THEN claimed_until ELSE next_fire END) FROM sched_schedules WHERE NOT paused";
+/// Holds `$1` until `$3`, if it is still at revision `$2`.
+pub const CLAIM_SCHEDULE: &str = "UPDATE sched_schedules SET claimed_until = $3, rev = rev + 1 \
+     WHERE name = $1 AND rev = $2";
+/// Records a tick and releases the claim, if `$1` is still at revision `$9`.
+/// Leaves `paused` alone: pausing does not race a tick's record.
+pub const RECORD_TICK: &str = "UPDATE sched_schedules SET next_fire = $2, last_fire = $3, \
+     last_run_id = $4, fired = $5, skipped = $6, missed = $7, last_error = $8, \
+     claimed_until = 0, rev = rev + 1 WHERE name = $1 AND rev = $9";
+/// Pauses (`$2` true) or resumes from tick `$3`.
+pub const PAUSE_SCHEDULE: &str = "UPDATE sched_schedules SET paused = $2, next_fire = $3 \
+     WHERE name = $1";
+pub const DELETE_SCHEDULE: &str = "DELETE FROM sched_schedules WHERE name = $1";
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::model::*;
 
 mod conn;
+mod schedules;
 mod tx;
 
 /// The write connection and what goes with it.

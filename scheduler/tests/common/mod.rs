@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod schedule;
 
 use std::sync::Arc;
 

@@ -1,0 +1,240 @@
+//! Cron expressions in a time zone: the ticks they name, and what a
+//! schedule whose tick is due does about the ticks it missed. Pure: the
+//! caller passes the time.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use devcycle::validate::FieldError;
+
+/// Ticks counted as missed in one pass at most: counting is a walk over
+/// them, and an every-second schedule down for a week has 600,000.
+pub const MAX_COUNTED: u64 = 10_000;
+
+/// A parsed cron expression and the zone its fields are read in.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    cron: Cron,
+    tz: Tz,
+}
+
+/// Parses `cron` (5 fields, or 6 with seconds first) and `time_zone` (an
+/// IANA name; empty is UTC). Errors name `{prefix}.cron` or
+/// `{prefix}.time_zone`.
+pub fn parse(cron: &str, time_zone: &str, prefix: &str) -> Result<Spec, FieldError> {
+    let field = format!("{prefix}.cron");
+    if cron.trim().is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    if cron.len() > 256 {
+        return Err(FieldError::new(field, "is longer than 256 bytes"));
+    }
+    let parsed = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(cron)
+        .map_err(|e| FieldError::new(&field, format!("{cron:?} is not a cron expression: {e}")))?;
+    let tz = if time_zone.is_empty() {
+        Tz::UTC
+    } else {
+        time_zone.parse::<Tz>().map_err(|_| {
+            FieldError::new(
+                format!("{prefix}.time_zone"),
+                format!("{time_zone:?} is not an IANA time zone (such as Europe/Paris)"),
+            )
+        })?
+    };
+    let spec = Spec { cron: parsed, tz };
+    // A pattern can parse and still name no time (February 30th).
+    if spec.next_after(0).is_none() {
+        return Err(FieldError::new(field, format!("{cron:?} names no time")));
+    }
+    Ok(spec)
+}
+
+impl Spec {
+    /// The first tick strictly after `after_ms` (ms since the epoch).
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        let at = self.local(after_ms)?;
+        let next = self.cron.find_next_occurrence(&at, false).ok()?;
+        Some(next.timestamp_millis())
+    }
+
+    /// The last tick at or before `at_ms`.
+    fn last_at_or_before(&self, at_ms: i64) -> Option<i64> {
+        let at = self.local(at_ms)?;
+        let prev = self.cron.find_previous_occurrence(&at, true).ok()?;
+        Some(prev.timestamp_millis())
+    }
+
+    /// `ms` in the zone, truncated to the second: ticks are whole seconds,
+    /// and the search keeps any fraction it is given.
+    fn local(&self, ms: i64) -> Option<DateTime<Tz>> {
+        let secs = ms.div_euclid(1000);
+        Some(DateTime::<Utc>::from_timestamp(secs, 0)?.with_timezone(&self.tz))
+    }
+}
+
+/// What a schedule whose next tick (`next_fire`) is at or before `now` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The tick to act on: the latest one due, if it is within the catch-up
+    /// window. Ticks in between are missed.
+    pub tick: Option<i64>,
+    /// Ticks passed over, at most [`MAX_COUNTED`].
+    pub missed: u64,
+    /// The schedule's next tick after this pass; `None` when the
+    /// expression names no later time.
+    pub next: Option<i64>,
+}
+
+/// The ticks due at `now` of a schedule next due at `next_fire`: like a
+/// Kubernetes CronJob with a starting deadline, only the latest missed tick
+/// may still fire, and only within `catchup_ms` of it.
+pub fn due(spec: &Spec, next_fire: i64, now: i64, catchup_ms: i64) -> Due {
+    let latest = spec.last_at_or_before(now).filter(|t| *t >= next_fire);
+    let next = spec.next_after(now);
+    let Some(latest) = latest else {
+        // The stored tick is due but the expression no longer names it
+        // (a zone's rules changed): move on without acting.
+        return Due {
+            tick: None,
+            missed: 0,
+            next,
+        };
+    };
+    let mut earlier = 0;
+    let mut t = next_fire;
+    while t < latest && earlier < MAX_COUNTED {
+        earlier += 1;
+        match spec.next_after(t) {
+            Some(n) => t = n,
+            None => break,
+        }
+    }
+    if now - latest <= catchup_ms {
+        Due {
+            tick: Some(latest),
+            missed: earlier,
+            next,
+        }
+    } else {
+        Due {
+            tick: None,
+            missed: (earlier + 1).min(MAX_COUNTED),
+            next,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn ms(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+        tz.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .earliest()
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn five_and_six_fields_and_nicknames() {
+        let every_minute = parse("* * * * *", "", "s").unwrap();
+        let t = ms(Tz::UTC, 2026, 12, 7, 10, 0, 30);
+        assert_eq!(
+            every_minute.next_after(t),
+            Some(ms(Tz::UTC, 2026, 12, 7, 10, 1, 0))
+        );
+        let every_second = parse("* * * * * *", "", "s").unwrap();
+        assert_eq!(every_second.next_after(t), Some(t + 1000));
+        // Mid-second times round up to the next whole second.
+        assert_eq!(every_second.next_after(t + 1), Some(t + 1000));
+        let daily = parse("@daily", "", "s").unwrap();
+        assert_eq!(daily.next_after(t), Some(ms(Tz::UTC, 2026, 12, 8, 0, 0, 0)));
+        let mondays = parse("0 9 * * MON", "", "s").unwrap();
+        // 2026-12-07 is a Monday, and its 09:00 has passed at 10:00.
+        assert_eq!(
+            mondays.next_after(t),
+            Some(ms(Tz::UTC, 2026, 12, 14, 9, 0, 0))
+        );
+    }
+
+    #[test]
+    fn fields_are_read_in_the_time_zone() {
+        let paris = parse("0 9 * * *", "Europe/Paris", "s").unwrap();
+        let t = ms(Tz::UTC, 2026, 12, 7, 0, 0, 0);
+        // 09:00 in Paris in winter is 08:00 UTC.
+        assert_eq!(paris.next_after(t), Some(ms(Tz::UTC, 2026, 12, 7, 8, 0, 0)));
+        let t = ms(Tz::UTC, 2026, 7, 1, 0, 0, 0);
+        assert_eq!(paris.next_after(t), Some(ms(Tz::UTC, 2026, 7, 1, 7, 0, 0)));
+    }
+
+    #[test]
+    fn a_local_time_skipped_by_daylight_saving_fires_once_after_it() {
+        // 2026-03-29 02:30 does not exist in Paris (02:00 → 03:00).
+        let s = parse("30 2 * * *", "Europe/Paris", "s").unwrap();
+        let t = ms(Tz::UTC, 2026, 3, 28, 12, 0, 0);
+        let next = s.next_after(t).unwrap();
+        assert!(next > ms(Tz::UTC, 2026, 3, 29, 0, 0, 0));
+        assert!(next < ms(Tz::UTC, 2026, 3, 30, 0, 0, 0));
+    }
+
+    #[test]
+    fn bad_input_names_its_field() {
+        for bad in ["", "* * *", "61 * * * *", "* * * * * * * *", "nonsense"] {
+            let e = parse(bad, "", "schedule").unwrap_err();
+            assert_eq!(e.field, "schedule.cron", "{bad:?}");
+        }
+        let e = parse("* * * * *", "Mars/Olympus", "schedule").unwrap_err();
+        assert_eq!(e.field, "schedule.time_zone");
+        let e = parse("0 0 30 2 *", "", "schedule").unwrap_err();
+        assert_eq!(e.field, "schedule.cron");
+        assert!(e.reason.contains("names no time"), "{}", e.reason);
+    }
+
+    #[test]
+    fn an_on_time_tick_fires() {
+        let s = parse("* * * * *", "", "s").unwrap();
+        let tick = ms(Tz::UTC, 2026, 12, 7, 10, 0, 0);
+        let d = due(&s, tick, tick + 250, 60_000);
+        assert_eq!(
+            d,
+            Due {
+                tick: Some(tick),
+                missed: 0,
+                next: Some(tick + 60_000)
+            }
+        );
+    }
+
+    #[test]
+    fn after_an_outage_only_the_latest_tick_fires_within_the_window() {
+        let s = parse("* * * * *", "", "s").unwrap();
+        let first = ms(Tz::UTC, 2026, 12, 7, 10, 0, 0);
+        // Down from 10:00 to 10:05:10: ticks 10:00..10:04 are missed,
+        // 10:05 is 10 s old and fires.
+        let now = first + 5 * 60_000 + 10_000;
+        let d = due(&s, first, now, 60_000);
+        assert_eq!(d.tick, Some(first + 5 * 60_000));
+        assert_eq!(d.missed, 5);
+        assert_eq!(d.next, Some(first + 6 * 60_000));
+        // With a 5 s window even 10:05 is too old.
+        let d = due(&s, first, now, 5_000);
+        assert_eq!(d.tick, None);
+        assert_eq!(d.missed, 6);
+    }
+
+    #[test]
+    fn missed_ticks_are_counted_up_to_a_bound() {
+        let s = parse("* * * * * *", "", "s").unwrap();
+        let first = ms(Tz::UTC, 2026, 12, 7, 0, 0, 0);
+        let d = due(&s, first, first + 86_400_000, 0);
+        assert_eq!(d.missed, MAX_COUNTED);
+        assert_eq!(d.next, Some(first + 86_401_000));
+    }
+}
