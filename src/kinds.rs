@@ -35,3 +35,6 @@ pub const INPUT_TEMPLATE: &str = "input_template";
 pub const UPSTREAM_FAILED: &str = "upstream_failed";
 pub const RUN_FAILED: &str = "run_failed";
 pub const WORKER_LOST: &str = "worker_lost";
+/// An approval task rejected by an approver, or not decided in time.
+pub const APPROVAL_REJECTED: &str = "approval_rejected";
+pub const APPROVAL_TIMEOUT: &str = "approval_timeout";

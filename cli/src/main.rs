@@ -135,6 +135,8 @@ enum Command {
     /// Cron schedules that start workflow runs.
     #[command(subcommand)]
     Schedule(cmd::schedules::ScheduleCmd),
+    /// Approve or reject an approval task; without one, list those waiting.
+    Approve(cmd::approvals::ApproveArgs),
     /// Agents: create, publish, deploy, roll back, find, check.
     #[command(subcommand)]
     Agent(agent::AgentCmd),
@@ -355,6 +357,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedule(cmd) => {
             let clients = clients(&src).await?;
             cmd::schedules::run(cmd, &clients, json).await
+        }
+        Command::Approve(args) => {
+            let clients = clients(&src).await?;
+            cmd::approvals::run(args, &clients, json).await
         }
         Command::Agent(cmd) => {
             let clients = clients(&src).await?;

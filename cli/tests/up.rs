@@ -164,6 +164,23 @@ fn up_then_register_publish_deploy_and_roll_back() {
     assert!(ok(&["schedule", "pause", "every-second"]).contains("paused: true"));
     assert!(ok(&["schedule", "delete", "every-second"]).contains("deleted"));
 
+    // An approval gate, listed as waiting and approved from the CLI.
+    let gate = data.path().join("gate.yaml");
+    let text = "name: gate\ntasks:\n  - { id: ok, approval: { message: ship it? } }\n  \
+                - { id: after, agent: noop, depends_on: [ok] }\n";
+    std::fs::write(&gate, text).unwrap();
+    ok(&["workflow", "submit", gate.to_str().unwrap()]);
+    let waiting: serde_json::Value = serde_json::from_str(&ok(&["--json", "approve"])).unwrap();
+    let waiting = waiting.as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0]["input"]["message"], "ship it?");
+    let id = waiting[0]["id"].as_str().unwrap();
+    let out = ok(&["approve", id, "--comment", "ship"]);
+    assert!(out.contains("approved (succeeded)"), "{out}");
+    let (success, _, err) = cli(data.path(), &mesh.addr, &["approve", id, "--reject"]);
+    assert!(!success);
+    assert!(err.contains("not waiting for approval"), "{err}");
+
     // Refusals are precise and exit non-zero.
     let (success, _, err) = cli(data.path(), &mesh.addr, &["agent", "delete", "reviewer"]);
     assert!(!success);

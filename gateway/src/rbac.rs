@@ -129,6 +129,8 @@ fn table() -> Vec<(String, Rule)> {
             ("PauseSchedule", write(DEV, &[&[1]])),
             ("ResumeSchedule", write(DEV, &[&[1]])),
             ("DeleteSchedule", write(DEV, &[&[1]])),
+            // The approval's own list of approvers decides (the scheduler).
+            ("DecideApproval", write(READ, &[&[1]])),
         ],
     ));
     t.extend(svc(

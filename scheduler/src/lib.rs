@@ -76,6 +76,7 @@ pub fn policy() -> Policy {
             ("PauseSchedule", WRITE),
             ("ResumeSchedule", WRITE),
             ("DeleteSchedule", WRITE),
+            ("DecideApproval", WRITE),
         ],
     )
 }
@@ -188,6 +189,10 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         heartbeat_interval: opts.heartbeat_interval,
         shutdown: shutdown.clone(),
         schedules_changed: Default::default(),
+        approval: Arc::new(devcycle::proto::registry::v1::AgentVersion {
+            agent: model::APPROVAL_AGENT.into(),
+            ..Default::default()
+        }),
     });
     tokio::spawn(service::run_ticker(Arc::clone(&svc), shutdown.clone()));
     let routes = tonic::service::Routes::new(

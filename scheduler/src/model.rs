@@ -14,10 +14,15 @@ pub enum TaskState {
     Failed,
     Dead,
     Cancelled,
+    /// An approval task waiting for a person's decision; never claimable.
+    Waiting,
 }
 
+/// The `agent` of approval tasks: not a DNS label, so no agent has it.
+pub const APPROVAL_AGENT: &str = "@approval";
+
 impl TaskState {
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
         Self::Pending,
         Self::Ready,
         Self::Leased,
@@ -25,6 +30,7 @@ impl TaskState {
         Self::Failed,
         Self::Dead,
         Self::Cancelled,
+        Self::Waiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +42,7 @@ impl TaskState {
             Self::Failed => "failed",
             Self::Dead => "dead",
             Self::Cancelled => "cancelled",
+            Self::Waiting => "waiting",
         }
     }
 
@@ -222,10 +229,11 @@ pub enum EventKind {
     RunFailed,
     RunCancelled,
     TaskRequeued,
+    TaskWaiting,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         Self::RunStarted,
         Self::TaskReady,
         Self::TaskLeased,
@@ -238,6 +246,7 @@ impl EventKind {
         Self::RunFailed,
         Self::RunCancelled,
         Self::TaskRequeued,
+        Self::TaskWaiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -254,6 +263,7 @@ impl EventKind {
             Self::RunFailed => "run_failed",
             Self::RunCancelled => "run_cancelled",
             Self::TaskRequeued => "task_requeued",
+            Self::TaskWaiting => "task_waiting",
         }
     }
 
@@ -310,6 +320,15 @@ pub struct Lease {
 pub enum Outcome {
     Success { output: String },
     Failure(TaskError),
+}
+
+/// A person's decision on an approval task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub approve: bool,
+    /// `user/<name>`.
+    pub by: String,
+    pub comment: String,
 }
 
 /// A stored workflow definition.

@@ -131,6 +131,8 @@ impl Resolver {
                     FieldError::new(field, format!("no live agent has capability {cap}")).into()
                 })
             }
+            // Callers never resolve approvals: no agent runs them.
+            Target::Approval => Err(FieldError::new(field, "an approval has no agent").into()),
         }
     }
 }

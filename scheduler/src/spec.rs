@@ -15,6 +15,11 @@ pub const MAX_INPUT_BYTES: usize = 256 * 1024;
 const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Longest concurrency key, rendered.
 const MAX_KEY_BYTES: usize = 256;
+/// How long an approval waits for a decision by default, and at most.
+const DEFAULT_APPROVAL_MS: u64 = 24 * 3600 * 1000;
+const MAX_APPROVAL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Roles an approval may name (`role/<role>`).
+const ROLES: [&str; 4] = ["admin", "maintainer", "developer", "viewer"];
 /// Below this a lease could not be renewed reliably over a network.
 const MIN_HEARTBEAT_MS: u64 = 100;
 
@@ -26,6 +31,8 @@ pub enum Target {
         version: Option<String>,
     },
     Capability(String),
+    /// No agent: a person decides ([`crate::model::APPROVAL_AGENT`]).
+    Approval,
 }
 
 /// A validated task of a workflow, before agents are resolved.
@@ -235,6 +242,39 @@ fn parse_json(field: &str, text: &str) -> Result<Value, FieldError> {
     serde_json::from_str(text).map_err(|e| err(field, format!("is not JSON: {e}")))
 }
 
+fn check_approval(a: &pb::ApprovalSpec, field: &str) -> Result<(), FieldError> {
+    validate::max_bytes(&format!("{field}.message"), &a.message, 4096)?;
+    if a.timeout_ms > MAX_APPROVAL_MS {
+        return Err(err(
+            format!("{field}.timeout_ms"),
+            format!("must be at most 30 days ({MAX_APPROVAL_MS} ms)"),
+        ));
+    }
+    if a.approvers.len() > 100 {
+        return Err(err(format!("{field}.approvers"), "at most 100"));
+    }
+    for (j, who) in a.approvers.iter().enumerate() {
+        let f = format!("{field}.approvers[{j}]");
+        match who.split_once('/') {
+            Some(("role", r)) if ROLES.contains(&r) => {}
+            Some(("role", r)) => {
+                return Err(err(
+                    f,
+                    format!("{r:?} is not a role ({})", ROLES.join(", ")),
+                ));
+            }
+            Some(("user", name)) => validate::token(&f, name, 128, b"._-@")?,
+            _ => {
+                return Err(err(
+                    f,
+                    format!("{who:?} is neither user/<name> nor role/<role>"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn task_plan(
     t: &pb::TaskSpec,
     i: usize,
@@ -265,6 +305,10 @@ fn task_plan(
             validate::token(&format!("{field}.capability"), c, 64, b"._")?;
             Target::Capability(c.clone())
         }
+        Some(T::Approval(a)) => {
+            check_approval(a, &format!("{field}.approval"))?;
+            Target::Approval
+        }
         None => {
             return Err(err(
                 format!("{field}.agent"),
@@ -292,7 +336,19 @@ fn task_plan(
         depends_on.push(d.clone());
     }
     let retry = retry_policy(t.retry.as_ref(), &format!("{field}.retry"))?;
-    let timeouts = timeouts(t.timeouts.as_ref(), &format!("{field}.timeouts"))?;
+    let mut timeouts = timeouts(t.timeouts.as_ref(), &format!("{field}.timeouts"))?;
+    // An approval's input is what its approvers are shown, and its
+    // schedule-to-start deadline is how long they have.
+    let input = match &t.target {
+        Some(T::Approval(a)) => {
+            timeouts.schedule_to_start_ms = match a.timeout_ms {
+                0 => DEFAULT_APPROVAL_MS,
+                ms => ms,
+            };
+            serde_json::json!({ "message": a.message, "approvers": a.approvers })
+        }
+        _ => input,
+    };
     if !(-1000..=1000).contains(&t.priority) {
         return Err(err(
             format!("{field}.priority"),

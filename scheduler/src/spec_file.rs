@@ -14,6 +14,9 @@
 //!     input: { diff: "${tasks.checkout.output.diff}" }
 //!     retry: { max_attempts: 5, initial_backoff_ms: 500 }
 //!     timeouts: { start_to_close_ms: 600000 }
+//!   - id: release-ok
+//!     approval: { message: "Ship ${inputs.repo}?", approvers: [role/maintainer], timeout_ms: 3600000 }
+//!     depends_on: [review]
 //! ```
 
 use devcycle::proto::scheduler::v1 as pb;
@@ -64,6 +67,8 @@ pub struct TaskFile {
     #[serde(default)]
     pub capability: Option<String>,
     #[serde(default)]
+    pub approval: Option<ApprovalFile>,
+    #[serde(default)]
     pub input: Option<serde_json::Value>,
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -77,6 +82,14 @@ pub struct TaskFile {
     pub concurrency_key: String,
     #[serde(default)]
     pub concurrency_limit: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalFile {
+    pub message: String,
+    pub approvers: Vec<String>,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,18 +125,25 @@ pub fn parse(text: &str) -> Result<pb::WorkflowSpec, String> {
     };
     let mut tasks = Vec::with_capacity(f.tasks.len());
     for (i, t) in f.tasks.into_iter().enumerate() {
-        let target = match (t.agent, t.capability) {
-            (Some(AgentFile::Name(name)), None) => pb::task_spec::Target::Agent(pb::AgentRef {
-                name,
-                version: String::new(),
-            }),
-            (Some(AgentFile::Ref { name, version }), None) => {
+        let target = match (t.agent, t.capability, t.approval) {
+            (Some(AgentFile::Name(name)), None, None) => {
+                pb::task_spec::Target::Agent(pb::AgentRef {
+                    name,
+                    version: String::new(),
+                })
+            }
+            (Some(AgentFile::Ref { name, version }), None, None) => {
                 pb::task_spec::Target::Agent(pb::AgentRef { name, version })
             }
-            (None, Some(c)) => pb::task_spec::Target::Capability(c),
+            (None, Some(c), None) => pb::task_spec::Target::Capability(c),
+            (None, None, Some(a)) => pb::task_spec::Target::Approval(pb::ApprovalSpec {
+                message: a.message,
+                approvers: a.approvers,
+                timeout_ms: a.timeout_ms,
+            }),
             _ => {
                 return Err(format!(
-                    "tasks[{i}] ({}): set exactly one of agent and capability",
+                    "tasks[{i}] ({}): set exactly one of agent, capability and approval",
                     t.id
                 ));
             }

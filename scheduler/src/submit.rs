@@ -131,10 +131,10 @@ pub fn build(
             key: t.key,
             agent: agent.agent.clone(),
             agent_version: agent.version.clone(),
-            state: if root {
-                TaskState::Ready
-            } else {
-                TaskState::Pending
+            state: match (root, agent.agent == APPROVAL_AGENT) {
+                (true, true) => TaskState::Waiting,
+                (true, false) => TaskState::Ready,
+                (false, _) => TaskState::Pending,
             },
             attempt: 0,
             priority: t.priority,
@@ -168,7 +168,7 @@ pub fn build(
     let mut seen = std::collections::HashSet::new();
     let specs = agents
         .iter()
-        .filter(|a| seen.insert((a.agent.clone(), a.version.clone())))
+        .filter(|a| a.agent != APPROVAL_AGENT && seen.insert((a.agent.clone(), a.version.clone())))
         .map(|a| AgentSpecRow {
             agent: a.agent.clone(),
             version: a.version.clone(),

@@ -18,6 +18,7 @@ pub fn task_state(s: TaskState) -> pb::TaskState {
         TaskState::Failed => pb::TaskState::Failed,
         TaskState::Dead => pb::TaskState::Dead,
         TaskState::Cancelled => pb::TaskState::Cancelled,
+        TaskState::Waiting => pb::TaskState::Waiting,
     }
 }
 
@@ -31,6 +32,7 @@ pub fn task_state_from(s: i32) -> Option<Option<TaskState>> {
         pb::TaskState::Failed => Some(TaskState::Failed),
         pb::TaskState::Dead => Some(TaskState::Dead),
         pb::TaskState::Cancelled => Some(TaskState::Cancelled),
+        pb::TaskState::Waiting => Some(TaskState::Waiting),
     })
 }
 
@@ -119,6 +121,7 @@ pub fn event_kind(k: EventKind) -> pb::RunEventKind {
         EventKind::RunFailed => pb::RunEventKind::RunFailed,
         EventKind::RunCancelled => pb::RunEventKind::RunCancelled,
         EventKind::TaskRequeued => pb::RunEventKind::TaskRequeued,
+        EventKind::TaskWaiting => pb::RunEventKind::TaskWaiting,
     }
 }
 

@@ -36,7 +36,8 @@ devcycle::conformance! {
     a_lease_is_trusted_only_from_its_worker,
     queue_gauges_count_the_whole_database,
     a_failed_batch_changes_nothing,
-    schedules_are_claimed_once_per_tick
+    schedules_are_claimed_once_per_tick,
+    approvals_wait_for_a_decision_or_time_out
     ],
     postgres(run) => {
         let (store, _pool) = common::postgres().await;

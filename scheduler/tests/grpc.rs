@@ -4,6 +4,7 @@ mod common;
 
 /// The cases, by area.
 mod grpc {
+    pub mod approvals;
     pub mod runs;
     pub mod schedules;
     pub mod submit;
@@ -46,7 +47,7 @@ fn every_scheduler_method_has_a_policy_entry() {
         .into_iter()
         .filter(|m| m.starts_with("/devcycle.scheduler.v1."))
         .collect();
-    assert_eq!(methods.len(), 23);
+    assert_eq!(methods.len(), 24);
     for m in methods {
         assert!(policy.has_entry(&m), "{m} has no policy entry");
     }

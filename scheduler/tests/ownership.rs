@@ -264,3 +264,63 @@ async fn schedules_and_their_runs_belong_to_their_creator() {
         .await
         .unwrap();
 }
+
+/// An approval is decided only by the approvers it names (maintainers when
+/// it names none), and always by admins.
+#[tokio::test]
+async fn only_named_approvers_decide() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let mut dana = as_user(&m, "dana", "developer");
+    let mut carl = as_user(&m, "carl", "developer");
+    let mut mia = as_user(&m, "mia", "maintainer");
+    let mut root = as_user(&m, "root", "admin");
+    let gate = |approvers: &[&str]| pb::SubmitRunRequest {
+        workflow: Some(pb::submit_run_request::Workflow::Spec(pb::WorkflowSpec {
+            name: "gated".into(),
+            tasks: vec![pb::TaskSpec {
+                id: "gate".into(),
+                target: Some(pb::task_spec::Target::Approval(pb::ApprovalSpec {
+                    approvers: approvers.iter().map(|a| a.to_string()).collect(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let decide = |run: &pb::Run| pb::DecideApprovalRequest {
+        task_id: run.tasks[0].id.clone(),
+        approve: true,
+        comment: String::new(),
+    };
+    let submit =
+        async |c: &mut Client, req| c.submit_run(req).await.unwrap().into_inner().run.unwrap();
+
+    // Carl by name: not the submitter, not a maintainer.
+    let run = submit(&mut dana, gate(&["user/carl"])).await;
+    let msg = code(
+        dana.decide_approval(decide(&run)).await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("only by user/carl and admins"), "{msg}");
+    code(
+        mia.decide_approval(decide(&run)).await,
+        Code::PermissionDenied,
+    );
+    carl.decide_approval(decide(&run)).await.unwrap();
+
+    // Nobody named: maintainers and admins.
+    let run = submit(&mut dana, gate(&[])).await;
+    code(
+        carl.decide_approval(decide(&run)).await,
+        Code::PermissionDenied,
+    );
+    mia.decide_approval(decide(&run)).await.unwrap();
+    let run = submit(&mut dana, gate(&["role/viewer"])).await;
+    code(
+        mia.decide_approval(decide(&run)).await,
+        Code::PermissionDenied,
+    );
+    root.decide_approval(decide(&run)).await.unwrap();
+}

@@ -2,6 +2,7 @@
 //! items show ([`crate::output::Render`]).
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod deploy;
 pub mod dlq;

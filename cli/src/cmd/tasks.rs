@@ -96,6 +96,7 @@ pub fn state(s: i32) -> &'static str {
         Ok(pb::TaskState::Failed) => "retrying",
         Ok(pb::TaskState::Dead) => "dead",
         Ok(pb::TaskState::Cancelled) => "cancelled",
+        Ok(pb::TaskState::Waiting) => "waiting",
         _ => "unknown",
     }
 }
@@ -109,6 +110,7 @@ fn parse_state(s: &str) -> anyhow::Result<i32> {
         "failed" | "retrying" => pb::TaskState::Failed,
         "dead" => pb::TaskState::Dead,
         "cancelled" => pb::TaskState::Cancelled,
+        "waiting" => pb::TaskState::Waiting,
         _ => anyhow::bail!("--state: {s:?} is not a task state"),
     } as i32)
 }

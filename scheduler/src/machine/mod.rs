@@ -171,10 +171,13 @@ impl Machine {
         let run_id = run.id.clone();
         self.load_run(run, tasks);
         self.dirty_runs.insert(run_id.clone(), 0);
+        self.emit(&run_id, EventKind::RunStarted, None, String::new());
         for id in self.by_run[&run_id].clone() {
+            if self.tasks[&id].state == TaskState::Waiting {
+                self.emit(&run_id, EventKind::TaskWaiting, Some(&id), String::new());
+            }
             self.dirty_tasks.insert(id, 0);
         }
-        self.emit(&run_id, EventKind::RunStarted, None, String::new());
     }
 
     /// Every changed run, with its revision bumped.

@@ -55,31 +55,69 @@ impl Machine {
                         Ok(())
                     };
                 }
-                let now = self.now;
-                let t = self.tasks.get_mut(id).expect("checked");
-                t.state = TaskState::Succeeded;
-                t.output = Some(output);
-                t.error = None;
-                t.end_time = now;
-                t.lease_id.clear();
-                let (run_id, dependents) = (t.run_id.clone(), t.dependents.clone());
-                self.touch_task(id);
-                self.emit(&run_id, EventKind::TaskSucceeded, Some(id), String::new());
-                for d in dependents {
-                    let Some(dt) = self.tasks.get_mut(&d) else {
-                        continue;
-                    };
-                    dt.deps_pending = dt.deps_pending.saturating_sub(1);
-                    self.touch_task(&d);
-                    if self.tasks[&d].deps_pending == 0
-                        && self.tasks[&d].state == TaskState::Pending
-                    {
-                        self.make_ready(&d);
-                    }
-                }
-                self.settle(&run_id);
+                self.succeed(id, output, String::new());
             }
             Outcome::Failure(e) => self.fail_attempt(id, e),
+        }
+        Ok(())
+    }
+
+    /// A task succeeded with `output`: its dependents may become ready.
+    fn succeed(&mut self, id: &str, output: String, message: String) {
+        let now = self.now;
+        let t = self.tasks.get_mut(id).expect("checked");
+        t.state = TaskState::Succeeded;
+        t.output = Some(output);
+        t.error = None;
+        t.end_time = now;
+        t.lease_id.clear();
+        let (run_id, dependents) = (t.run_id.clone(), t.dependents.clone());
+        self.touch_task(id);
+        self.emit(&run_id, EventKind::TaskSucceeded, Some(id), message);
+        for d in dependents {
+            let Some(dt) = self.tasks.get_mut(&d) else {
+                continue;
+            };
+            dt.deps_pending = dt.deps_pending.saturating_sub(1);
+            self.touch_task(&d);
+            if self.tasks[&d].deps_pending == 0 && self.tasks[&d].state == TaskState::Pending {
+                self.make_ready(&d);
+            }
+        }
+        self.settle(&run_id);
+    }
+
+    /// A person's decision on a waiting approval task: approved, it
+    /// succeeds with the decision as its output; rejected, it is dead.
+    pub fn decide(&mut self, task_id: &str, d: &Decision) -> Result<(), Reject> {
+        let t = self
+            .tasks
+            .get(task_id)
+            .ok_or_else(|| Reject::NotFound(format!("task {task_id} does not exist")))?;
+        if t.state != TaskState::Waiting {
+            return Err(Reject::State(format!(
+                "task {task_id} is not waiting for approval (it is {})",
+                t.state.as_str()
+            )));
+        }
+        let said = if d.comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", d.comment)
+        };
+        if d.approve {
+            let output = serde_json::json!({
+                "approved": true, "by": d.by, "comment": d.comment,
+            });
+            let message = format!("approved by {}{said}", d.by);
+            self.succeed(task_id, output.to_string(), message);
+        } else {
+            let e = TaskError {
+                kind: kinds::APPROVAL_REJECTED.into(),
+                message: format!("rejected by {}{said}", d.by),
+                retryable: false,
+            };
+            self.kill(task_id, e);
         }
         Ok(())
     }
@@ -228,16 +266,31 @@ impl Machine {
             .tasks
             .get(task_id)
             .ok_or_else(|| Reject::NotFound(format!("task {task_id} does not exist")))?;
-        if !t.state.is_claimable() || t.schedule_deadline == 0 || t.schedule_deadline > now {
+        let waiting = t.state == TaskState::Waiting;
+        if !(t.state.is_claimable() || waiting)
+            || t.schedule_deadline == 0
+            || t.schedule_deadline > now
+        {
             return Err(Reject::State(format!(
                 "task {task_id} is not past its deadline"
             )));
         }
-        let message = format!("not started within {} ms", t.timeouts.schedule_to_start_ms);
+        let ms = t.timeouts.schedule_to_start_ms;
+        let (kind, message) = if waiting {
+            (
+                kinds::APPROVAL_TIMEOUT,
+                format!("no decision within {ms} ms"),
+            )
+        } else {
+            (
+                kinds::SCHEDULE_TO_START_TIMEOUT,
+                format!("not started within {ms} ms"),
+            )
+        };
         self.kill(
             task_id,
             TaskError {
-                kind: kinds::SCHEDULE_TO_START_TIMEOUT.into(),
+                kind: kind.into(),
                 message,
                 retryable: false,
             },

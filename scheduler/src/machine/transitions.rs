@@ -88,6 +88,7 @@ impl Machine {
         t.end_time = 0;
         t.ready_at = now;
         t.schedule_deadline = deadline(now, t.timeouts.schedule_to_start_ms);
+        ready_or_waiting(t);
         let run_id = t.run_id.clone();
         self.touch_task(id);
         self.emit(&run_id, EventKind::TaskRequeued, Some(id), String::new());
@@ -236,8 +237,9 @@ impl Machine {
                 t.state = TaskState::Ready;
                 t.ready_at = now;
                 t.schedule_deadline = deadline(now, t.timeouts.schedule_to_start_ms);
+                let kind = ready_or_waiting(t);
                 self.touch_task(id);
-                self.emit(&run_id, EventKind::TaskReady, Some(id), String::new());
+                self.emit(&run_id, kind, Some(id), String::new());
             }
             Err(message) => self.kill(
                 id,
@@ -274,5 +276,16 @@ impl Machine {
         run.end_time = now;
         self.emit(run_id, kind, None, String::new());
         self.finished.push(run_id.to_owned());
+    }
+}
+
+/// A task that became READY: an approval task waits for a decision
+/// instead, where no worker claims it. The event that says which.
+pub(super) fn ready_or_waiting(t: &mut TaskRow) -> EventKind {
+    if t.agent == APPROVAL_AGENT {
+        t.state = TaskState::Waiting;
+        EventKind::TaskWaiting
+    } else {
+        EventKind::TaskReady
     }
 }

@@ -3,6 +3,7 @@
 //! with the scheduler's `Error`, answered through its one mapping to a status.
 
 mod access;
+mod approvals;
 mod runs;
 mod schedules;
 mod start;
@@ -38,6 +39,8 @@ pub struct SchedulerService {
     pub(crate) shutdown: CancellationToken,
     /// Wakes the ticker when a schedule is created or resumed here.
     pub(crate) schedules_changed: tokio::sync::Notify,
+    /// What approval tasks "run": no agent, so nothing to resolve.
+    pub(crate) approval: Arc<devcycle::proto::registry::v1::AgentVersion>,
 }
 
 fn check_id(field: &str, id: &str) -> Result<()> {
@@ -109,6 +112,7 @@ rpcs! {
     pause_schedule(caller) => schedules: PauseScheduleRequest -> pb::PauseScheduleResponse,
     resume_schedule(caller) => schedules: ResumeScheduleRequest -> pb::ResumeScheduleResponse,
     delete_schedule(caller) => schedules: DeleteScheduleRequest -> pb::DeleteScheduleResponse,
+    decide_approval(caller) => approvals: DecideApprovalRequest -> pb::DecideApprovalResponse,
     {
         type WatchRunStream = watch::RunEventStream;
         type WorkStream = work::WorkStream;

@@ -12,6 +12,7 @@ use prost::Message;
 
 use super::SchedulerService;
 use crate::error::{Error, Result};
+use crate::model::APPROVAL_AGENT;
 use crate::spec::{self, Target};
 use crate::{submit, wire};
 
@@ -65,6 +66,10 @@ impl SchedulerService {
             let field = match &t.target {
                 Target::Agent { .. } => format!("{prefix}.tasks[{}].agent", t.index),
                 Target::Capability(_) => format!("{prefix}.tasks[{}].capability", t.index),
+                Target::Approval => {
+                    agents.push(Arc::clone(&self.approval));
+                    continue;
+                }
             };
             agents.push(self.resolver.resolve(&t.target, &field).await?);
         }
@@ -175,6 +180,9 @@ pub(super) struct Start<'a> {
 fn dedupe(agents: &[Arc<reg::AgentVersion>]) -> Vec<Arc<reg::AgentVersion>> {
     let mut out: Vec<Arc<reg::AgentVersion>> = Vec::new();
     for a in agents {
+        if a.agent == APPROVAL_AGENT {
+            continue;
+        }
         if !out
             .iter()
             .any(|o| o.agent == a.agent && o.version == a.version)

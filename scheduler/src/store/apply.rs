@@ -70,7 +70,9 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                 | Op::Heartbeat { lease }
                 | Op::Release { lease, .. }
                 | Op::Progress { lease, .. } => task_ids.push(lease.task_id.clone()),
-                Op::Retry { task_id } => task_ids.push(task_id.clone()),
+                Op::Retry { task_id } | Op::Decide { task_id, .. } => {
+                    task_ids.push(task_id.clone())
+                }
                 Op::CancelRun { run_id, .. } => {
                     run_ids.insert(run_id.clone());
                 }
@@ -146,6 +148,9 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
                     }
                 }
                 Op::Retry { task_id } => m.retry(&task_id).map(|_| OpResult::Done),
+                Op::Decide { task_id, decision } => {
+                    m.decide(&task_id, &decision).map(|_| OpResult::Done)
+                }
                 Op::Worker { .. } => unreachable!("unwrapped above"),
                 Op::Reconcile {
                     worker_id,
@@ -219,7 +224,7 @@ pub async fn apply_batch<T: TxOps>(tx: &mut T, batch: Batch) -> Result<Applied> 
         let due = match t.state {
             TaskState::Leased => t.lease_expires,
             TaskState::Failed => t.ready_at,
-            TaskState::Ready if t.schedule_deadline > 0 => t.schedule_deadline,
+            TaskState::Ready | TaskState::Waiting if t.schedule_deadline > 0 => t.schedule_deadline,
             _ => continue,
         };
         out.next_due = Some(out.next_due.map_or(due, |d| d.min(due)));

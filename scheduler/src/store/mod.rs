@@ -69,6 +69,11 @@ pub enum Op {
     Retry {
         task_id: String,
     },
+    /// Approves or rejects a waiting approval task.
+    Decide {
+        task_id: String,
+        decision: Decision,
+    },
     /// `op`, sent by worker `worker_id` over its stream: applied only if
     /// the lease it names was given to that worker.
     Worker {

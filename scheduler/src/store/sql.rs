@@ -130,7 +130,8 @@ pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
        SELECT MIN(lease_expires) AS t FROM sched_tasks WHERE state = 'leased' \
        UNION ALL SELECT MIN(ready_at) FROM sched_tasks WHERE state = 'failed' AND ready_at > $1 \
        UNION ALL SELECT MIN(schedule_deadline) FROM sched_tasks \
-         WHERE state IN ('ready', 'failed') AND schedule_deadline > 0) AS due";
+         WHERE state IN ('ready', 'failed') AND schedule_deadline > 0 \
+       UNION ALL SELECT MIN(schedule_deadline) FROM sched_tasks WHERE state = 'waiting') AS due";
 
 pub const RUN_EVENTS: &str = concat!(
     "SELECT ",
@@ -209,7 +210,9 @@ pub const PG_CLAIMABLE_OF: &str = "SELECT q.id FROM UNNEST($2::text[]) AS a(agen
      ORDER BY q.priority DESC, q.ready_at, q.id LIMIT $4";
 pub const PG_OVERDUE: &str = "(SELECT id FROM sched_tasks WHERE state = 'leased' AND lease_expires <= $1 LIMIT $2) \
      UNION ALL (SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \
-     AND schedule_deadline > 0 AND schedule_deadline <= $1 LIMIT $2)";
+     AND schedule_deadline > 0 AND schedule_deadline <= $1 LIMIT $2) \
+     UNION ALL (SELECT id FROM sched_tasks WHERE state = 'waiting' \
+     AND schedule_deadline <= $1 LIMIT $2)";
 pub const PG_ADD_CONCURRENCY_KEYS: &str =
     "INSERT INTO sched_concurrency (key) SELECT UNNEST($1::text[]) ON CONFLICT DO NOTHING";
 pub const PG_LOCK_CONCURRENCY_KEYS: &str =
@@ -343,7 +346,9 @@ pub const SQLITE_CLAIMABLE_OF: &str = "SELECT id, priority, ready_at FROM sched_
 pub const SQLITE_OVERDUE: &str = "SELECT id FROM (SELECT id FROM sched_tasks WHERE state = 'leased' \
      AND lease_expires <= ?1 LIMIT ?2) \
      UNION ALL SELECT id FROM (SELECT id FROM sched_tasks WHERE state IN ('ready', 'failed') \
-     AND schedule_deadline > 0 AND schedule_deadline <= ?1 LIMIT ?2)";
+     AND schedule_deadline > 0 AND schedule_deadline <= ?1 LIMIT ?2) \
+     UNION ALL SELECT id FROM (SELECT id FROM sched_tasks WHERE state = 'waiting' \
+     AND schedule_deadline <= ?1 LIMIT ?2)";
 pub const SQLITE_RUNNING_OF_KEY: &str =
     "SELECT COUNT(*) FROM sched_tasks WHERE state = 'leased' AND concurrency_key = ?1";
 pub const SQLITE_RATE_LIMIT: &str =

@@ -269,3 +269,64 @@ pub async fn queue_gauges_count_the_whole_database(s: Store) {
     let now = stats(s.queue_stats().await.unwrap());
     assert_eq!(now.get("outbox:"), Some(&0), "nothing left to publish");
 }
+
+/// An approval task waits where no claim finds it, until a decision or its
+/// deadline; a decision on anything else changes nothing.
+pub async fn approvals_wait_for_a_decision_or_time_out(s: Store) {
+    let gated = |now| {
+        let mut sub = run(
+            vec![
+                T::new("gate").agent("@approval").deadline(500),
+                T::new("after").deps(&["gate"]),
+            ],
+            None,
+            FailurePolicy::FailFast,
+            now,
+        );
+        sub.tasks[0].state = TaskState::Waiting;
+        sub
+    };
+    let sub = gated(T0);
+    let (run_id, gate) = (sub.run.id.clone(), sub.tasks[0].id.clone());
+    let a = submit(&s, sub, T0).await;
+    assert_eq!(a.next_due, Some(T0 + 500));
+    // A worker serving every agent finds nothing to claim.
+    assert!(claims(&s, T0, vec![claim("w", 4)]).await.is_empty());
+    let decide = |task_id: &str, approve| Op::Decide {
+        task_id: task_id.into(),
+        decision: Decision {
+            approve,
+            by: "user/ann".into(),
+            comment: "ok".into(),
+        },
+    };
+    assert_eq!(op(&s, T0 + 1, decide(&gate, true)).await, OpResult::Done);
+    let g = task(&s, &gate).await;
+    assert_eq!(g.state, TaskState::Succeeded);
+    assert_eq!(
+        g.output.as_deref(),
+        Some(r#"{"approved":true,"by":"user/ann","comment":"ok"}"#)
+    );
+    // Decided: its deadline is gone, and its dependent runs.
+    sweep(&s, T0 + 500).await;
+    assert_eq!(task(&s, &gate).await.state, TaskState::Succeeded);
+    let after = claims(&s, T0 + 2, vec![claim("w", 4)]).await.remove(0);
+    assert!(matches!(
+        op(&s, T0 + 3, decide(&after.id, true)).await,
+        OpResult::Rejected(_)
+    ));
+    complete(&s, T0 + 3, &after, "{}").await;
+    assert_eq!(run_state(&s, &run_id).await, RunState::Succeeded);
+
+    // Nobody decides: dead at the deadline, and the run fails.
+    let sub = gated(T0);
+    let (run_id, gate) = (sub.run.id.clone(), sub.tasks[0].id.clone());
+    submit(&s, sub, T0).await;
+    sweep(&s, T0 + 499).await;
+    assert_eq!(task(&s, &gate).await.state, TaskState::Waiting);
+    sweep(&s, T0 + 500).await;
+    let g = task(&s, &gate).await;
+    assert_eq!(g.state, TaskState::Dead);
+    assert_eq!(g.error.unwrap().kind, "approval_timeout");
+    assert_eq!(run_state(&s, &run_id).await, RunState::Failed);
+}
