@@ -80,52 +80,44 @@ impl Spec {
 /// What a schedule whose next tick (`next_fire`) is at or before `now` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
-    /// The tick to act on: the latest one due, if it is within the catch-up
-    /// window. Ticks in between are missed.
-    pub tick: Option<i64>,
-    /// Ticks passed over, at most [`MAX_COUNTED`].
+    /// The latest tick at or before `now`: the only one that may fire.
+    pub latest: i64,
+    /// Whether it fires: it is within the catch-up window.
+    pub fire: bool,
+    /// Ticks passed over (all before `latest`, and `latest` too when it
+    /// does not fire), at most [`MAX_COUNTED`].
     pub missed: u64,
     /// The schedule's next tick after this pass; `None` when the
     /// expression names no later time.
     pub next: Option<i64>,
 }
 
-/// The ticks due at `now` of a schedule next due at `next_fire`: like a
-/// Kubernetes CronJob with a starting deadline, only the latest missed tick
-/// may still fire, and only within `catchup_ms` of it.
+/// The ticks due at `now` of a schedule next due at `next_fire`: only the
+/// latest may still fire, and only within `catchup_ms` of it. Ticks are
+/// walked forward from `next_fire`, the way they were scheduled, so a tick
+/// moved by a daylight-saving gap is found where it was put.
 pub fn due(spec: &Spec, next_fire: i64, now: i64, catchup_ms: i64) -> Due {
-    let latest = spec.last_at_or_before(now).filter(|t| *t >= next_fire);
-    let next = spec.next_after(now);
-    let Some(latest) = latest else {
-        // The stored tick is due but the expression no longer names it
-        // (a zone's rules changed): move on without acting.
-        return Due {
-            tick: None,
-            missed: 0,
-            next,
-        };
-    };
-    let mut earlier = 0;
-    let mut t = next_fire;
-    while t < latest && earlier < MAX_COUNTED {
-        earlier += 1;
-        match spec.next_after(t) {
-            Some(n) => t = n,
-            None => break,
+    let mut latest = next_fire;
+    let mut passed = 0;
+    while let Some(t) = spec.next_after(latest).filter(|t| *t <= now) {
+        passed += 1;
+        if passed >= MAX_COUNTED {
+            // Too many to walk: jump to the last one.
+            latest = spec.last_at_or_before(now).filter(|l| *l > t).unwrap_or(t);
+            break;
         }
+        latest = t;
     }
-    if now - latest <= catchup_ms {
-        Due {
-            tick: Some(latest),
-            missed: earlier,
-            next,
-        }
-    } else {
-        Due {
-            tick: None,
-            missed: (earlier + 1).min(MAX_COUNTED),
-            next,
-        }
+    let fire = now - latest <= catchup_ms;
+    Due {
+        latest,
+        fire,
+        missed: if fire {
+            passed
+        } else {
+            (passed + 1).min(MAX_COUNTED)
+        },
+        next: spec.next_after(now),
     }
 }
 
@@ -182,6 +174,9 @@ mod tests {
         let next = s.next_after(t).unwrap();
         assert!(next > ms(Tz::UTC, 2026, 3, 29, 0, 0, 0));
         assert!(next < ms(Tz::UTC, 2026, 3, 30, 0, 0, 0));
+        // Due, that tick fires: it is not lost to the gap.
+        let d = due(&s, next, next + 100, 60_000);
+        assert_eq!((d.latest, d.fire, d.missed), (next, true, 0));
     }
 
     #[test]
@@ -205,7 +200,8 @@ mod tests {
         assert_eq!(
             d,
             Due {
-                tick: Some(tick),
+                latest: tick,
+                fire: true,
                 missed: 0,
                 next: Some(tick + 60_000)
             }
@@ -220,12 +216,12 @@ mod tests {
         // 10:05 is 10 s old and fires.
         let now = first + 5 * 60_000 + 10_000;
         let d = due(&s, first, now, 60_000);
-        assert_eq!(d.tick, Some(first + 5 * 60_000));
+        assert_eq!((d.latest, d.fire), (first + 5 * 60_000, true));
         assert_eq!(d.missed, 5);
         assert_eq!(d.next, Some(first + 6 * 60_000));
         // With a 5 s window even 10:05 is too old.
         let d = due(&s, first, now, 5_000);
-        assert_eq!(d.tick, None);
+        assert!(!d.fire);
         assert_eq!(d.missed, 6);
     }
 
@@ -233,8 +229,10 @@ mod tests {
     fn missed_ticks_are_counted_up_to_a_bound() {
         let s = parse("* * * * * *", "", "s").unwrap();
         let first = ms(Tz::UTC, 2026, 12, 7, 0, 0, 0);
-        let d = due(&s, first, first + 86_400_000, 0);
+        let now = first + 86_400_000 + 500;
+        let d = due(&s, first, now, 0);
         assert_eq!(d.missed, MAX_COUNTED);
+        assert_eq!((d.latest, d.fire), (first + 86_400_000, false));
         assert_eq!(d.next, Some(first + 86_401_000));
     }
 }

@@ -323,7 +323,8 @@ impl Core {
                 self.pending.submits.push((submit, reply));
             }
             Cmd::Rpc { op, reply } => {
-                self.pending.claimable |= matches!(op, Op::Retry { .. });
+                // Both can make tasks ready.
+                self.pending.claimable |= matches!(op, Op::Retry { .. } | Op::Decide { .. });
                 self.pending.ops.push((op, ReplyTo::Rpc(reply)));
             }
             Cmd::Connect(w) => self.connect(w),

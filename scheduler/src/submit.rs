@@ -97,7 +97,12 @@ pub fn build(
     let inputs = Value::Object(plan.inputs.clone().into_iter().collect());
     let mut tasks = Vec::with_capacity(plan.tasks.len());
     for (i, (t, agent)) in plan.tasks.into_iter().zip(&agents).enumerate() {
-        let field = format!("{prefix}.tasks[{}].input", t.index);
+        let approval = agent.agent == APPROVAL_AGENT;
+        let field = if approval {
+            format!("{prefix}.tasks[{}].approval.message", t.index)
+        } else {
+            format!("{prefix}.tasks[{}].input", t.index)
+        };
         let root = t.depends_on.is_empty();
         let input = if root {
             let rendered = template::render(
@@ -131,7 +136,7 @@ pub fn build(
             key: t.key,
             agent: agent.agent.clone(),
             agent_version: agent.version.clone(),
-            state: match (root, agent.agent == APPROVAL_AGENT) {
+            state: match (root, approval) {
                 (true, true) => TaskState::Waiting,
                 (true, false) => TaskState::Ready,
                 (false, _) => TaskState::Pending,

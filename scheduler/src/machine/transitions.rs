@@ -88,10 +88,14 @@ impl Machine {
         t.end_time = 0;
         t.ready_at = now;
         t.schedule_deadline = deadline(now, t.timeouts.schedule_to_start_ms);
-        ready_or_waiting(t);
+        // An approval asked again says so: it waits for a decision.
+        let kind = match ready_or_waiting(t) {
+            EventKind::TaskWaiting => EventKind::TaskWaiting,
+            _ => EventKind::TaskRequeued,
+        };
         let run_id = t.run_id.clone();
         self.touch_task(id);
-        self.emit(&run_id, EventKind::TaskRequeued, Some(id), String::new());
+        self.emit(&run_id, kind, Some(id), String::new());
     }
 
     pub(super) fn fail_attempt(&mut self, id: &str, e: TaskError) {

@@ -192,11 +192,7 @@ impl SchedulerService {
     pub(crate) async fn fire_due(&self, now: i64) -> Result<usize> {
         let mut recorded = 0;
         for s in self.store.due_schedules(now, PASS).await? {
-            if !self
-                .store
-                .claim_schedule(&s.name, s.rev, now + CLAIM_MS)
-                .await?
-            {
+            if !self.store.claim_schedule(&s, now + CLAIM_MS).await? {
                 continue;
             }
             let held = ScheduleRow {
@@ -220,11 +216,22 @@ impl SchedulerService {
         let ticks = cron::parse(&s.cron, &s.time_zone, "schedule")
             .map_err(|e| Error::Corrupt(format!("stored schedule {}: {e}", s.name)))?;
         let due = cron::due(&ticks, s.next_fire, now, s.catchup_ms);
-        s.missed += due.missed as i64;
         s.next_fire = due.next.unwrap_or(NEVER);
-        let Some(tick) = due.tick else {
+        let tick = due.latest;
+        let key = format!("schedule/{}/{tick}", s.id);
+        if !due.fire {
+            // Too old to fire now, but a holder that died after starting
+            // its run did fire it: record that run, not a miss.
+            match self.store.run_by_key(&s.owner, &key).await? {
+                Some(run_id) => {
+                    s.missed += due.missed as i64 - 1;
+                    s.record_fired(tick, run_id);
+                }
+                None => s.missed += due.missed as i64,
+            }
             return Ok(s);
-        };
+        }
+        s.missed += due.missed as i64;
         s.last_fire = tick;
         if self.previous_running(&s).await? {
             match s.overlap.as_str() {
@@ -248,16 +255,11 @@ impl SchedulerService {
         }
         let inputs: HashMap<String, String> = serde_json::from_str(&s.inputs)
             .map_err(|e| Error::Corrupt(format!("stored schedule {} inputs: {e}", s.name)))?;
-        let key = format!("schedule/{}/{tick}", s.id);
         match self
             .start_stored(s.owner.clone(), &s.workflow, &inputs, &key)
             .await
         {
-            Ok(run_id) => {
-                s.last_run_id = run_id;
-                s.fired += 1;
-                s.last_error.clear();
-            }
+            Ok(run_id) => s.record_fired(tick, run_id),
             Err(e @ (Error::Invalid(_) | Error::NotFound(_) | Error::FailedPrecondition(_))) => {
                 s.last_error = e.to_string();
             }
@@ -317,6 +319,15 @@ pub(crate) async fn run_ticker(svc: Arc<SchedulerService>, stop: CancellationTok
             () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
             () = svc.schedules_changed.notified() => {}
         }
+    }
+}
+
+impl ScheduleRow {
+    fn record_fired(&mut self, tick: i64, run_id: String) {
+        self.last_fire = tick;
+        self.last_run_id = run_id;
+        self.fired += 1;
+        self.last_error.clear();
     }
 }
 

@@ -74,11 +74,11 @@ pub trait ScheduleStore: Send + Sync {
     async fn due_schedules(&self, now: i64, limit: usize) -> Result<Vec<ScheduleRow>>;
     /// When an unpaused schedule may next be due or released.
     async fn next_schedule_fire(&self) -> Result<Option<i64>>;
-    /// Holds the schedule until `until` if it is still at `rev`; the holder
-    /// then has it at `rev + 1`.
-    async fn claim_schedule(&self, name: &str, rev: i64, until: i64) -> Result<bool>;
+    /// Holds schedule `s` until `until` if it is unpaused and still at
+    /// `s.rev` (and still `s.id`); the holder then has it at `s.rev + 1`.
+    async fn claim_schedule(&self, s: &ScheduleRow, until: i64) -> Result<bool>;
     /// Writes the tick fields of `s` and releases the claim, if the row is
-    /// still at `s.rev`.
+    /// still `s.id` at `s.rev`.
     async fn record_tick(&self, s: &ScheduleRow) -> Result<bool>;
     /// Sets `paused` and `next_fire`; false if there is no such schedule.
     async fn pause_schedule(&self, name: &str, paused: bool, next_fire: i64) -> Result<bool>;

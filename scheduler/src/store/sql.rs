@@ -405,14 +405,16 @@ pub const DUE_SCHEDULES: &str = concat!(
 /// When the earliest unpaused schedule may next be acted on.
 pub const NEXT_SCHEDULE_FIRE: &str = "SELECT MIN(CASE WHEN claimed_until > next_fire \
      THEN claimed_until ELSE next_fire END) FROM sched_schedules WHERE NOT paused";
-/// Holds `$1` until `$3`, if it is still at revision `$2`.
+/// Holds `$1` until `$3`, if it is still the schedule `$4` (not one
+/// created again under its name) at revision `$2`, and not paused.
 pub const CLAIM_SCHEDULE: &str = "UPDATE sched_schedules SET claimed_until = $3, rev = rev + 1 \
-     WHERE name = $1 AND rev = $2";
-/// Records a tick and releases the claim, if `$1` is still at revision `$9`.
-/// Leaves `paused` alone: pausing does not race a tick's record.
+     WHERE name = $1 AND rev = $2 AND id = $4 AND NOT paused";
+/// Records a tick and releases the claim, if `$1` is still the schedule
+/// `$10` at revision `$9`. Leaves `paused` alone: a pause is never undone
+/// by a tick's record.
 pub const RECORD_TICK: &str = "UPDATE sched_schedules SET next_fire = $2, last_fire = $3, \
      last_run_id = $4, fired = $5, skipped = $6, missed = $7, last_error = $8, \
-     claimed_until = 0, rev = rev + 1 WHERE name = $1 AND rev = $9";
+     claimed_until = 0, rev = rev + 1 WHERE name = $1 AND rev = $9 AND id = $10";
 /// Pauses (`$2` true) or resumes from tick `$3`.
 pub const PAUSE_SCHEDULE: &str = "UPDATE sched_schedules SET paused = $2, next_fire = $3 \
      WHERE name = $1";

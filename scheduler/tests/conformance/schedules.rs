@@ -46,8 +46,16 @@ pub async fn schedules_are_claimed_once_per_tick(s: Store) {
     assert_eq!(due.len(), 1);
     // Two schedulers read the same row; only one claim holds.
     let until = tick + 30_000;
-    assert!(s.claim_schedule("a", 1, until).await.unwrap());
-    assert!(!s.claim_schedule("a", 1, until).await.unwrap());
+    let read = due[0].clone();
+    // A row read before the schedule was deleted and created again under
+    // its name is not the schedule any more.
+    let other = ScheduleRow {
+        id: "id-other".into(),
+        ..read.clone()
+    };
+    assert!(!s.claim_schedule(&other, until).await.unwrap());
+    assert!(s.claim_schedule(&read, until).await.unwrap());
+    assert!(!s.claim_schedule(&read, until).await.unwrap());
     // Held: not due to anyone until the claim lapses.
     assert!(s.due_schedules(tick + 1, 10).await.unwrap().is_empty());
     assert_eq!(s.due_schedules(until, 10).await.unwrap().len(), 1);
@@ -62,6 +70,11 @@ pub async fn schedules_are_claimed_once_per_tick(s: Store) {
         rev: 2,
         ..row("a", tick)
     };
+    let recreated = ScheduleRow {
+        id: "id-other".into(),
+        ..done.clone()
+    };
+    assert!(!s.record_tick(&recreated).await.unwrap());
     assert!(s.record_tick(&done).await.unwrap());
     assert!(!s.record_tick(&done).await.unwrap());
     let a = s.get_schedule("a").await.unwrap().unwrap();
@@ -69,10 +82,13 @@ pub async fn schedules_are_claimed_once_per_tick(s: Store) {
     assert_eq!(a.claimed_until, 0);
     assert!(s.due_schedules(tick + 1, 10).await.unwrap().is_empty());
 
-    // Paused schedules are never due; pausing keeps the claim's record.
+    // Paused schedules are never due, nor claimed by a scheduler that read
+    // them before the pause.
+    let b = s.get_schedule("b").await.unwrap().unwrap();
     assert!(s.pause_schedule("b", true, tick + 60_000).await.unwrap());
-    assert!(s.due_schedules(tick + 120_000, 10).await.unwrap().len() == 1);
+    assert_eq!(s.due_schedules(tick + 120_000, 10).await.unwrap().len(), 1);
     assert!(s.get_schedule("b").await.unwrap().unwrap().paused);
+    assert!(!s.claim_schedule(&b, until).await.unwrap());
     assert!(!s.pause_schedule("zz", true, 0).await.unwrap());
 
     let names: Vec<String> = s

@@ -187,8 +187,9 @@ async fn a_schedule_starts_a_run_per_tick_until_paused() {
     .await
     .unwrap();
     let resumed = until(&mut c, "tick", WITHIN, |s| s.fired > settled).await;
-    // Ticks that passed while paused are neither fired nor missed.
-    assert_eq!(resumed.missed, 0, "{resumed:?}");
+    // The 4 s paused are not counted as missed ticks (a pass late by more
+    // than a second on a busy machine may pass over one or two).
+    assert!(resumed.missed <= after.missed + 2, "{after:?} {resumed:?}");
 
     c.delete_schedule(pb::DeleteScheduleRequest {
         name: "tick".into(),

@@ -61,11 +61,12 @@ impl ScheduleStore for PgStore {
             .await?)
     }
 
-    async fn claim_schedule(&self, name: &str, rev: i64, until: i64) -> Result<bool> {
+    async fn claim_schedule(&self, s: &ScheduleRow, until: i64) -> Result<bool> {
         let done = sqlx::query(CLAIM_SCHEDULE)
-            .bind(name)
-            .bind(rev)
+            .bind(&s.name)
+            .bind(s.rev)
             .bind(until)
+            .bind(&s.id)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
@@ -82,6 +83,7 @@ impl ScheduleStore for PgStore {
             .bind(s.missed)
             .bind(&s.last_error)
             .bind(s.rev)
+            .bind(&s.id)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)

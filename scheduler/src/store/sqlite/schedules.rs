@@ -73,10 +73,10 @@ impl ScheduleStore for SqliteStore {
             .await
     }
 
-    async fn claim_schedule(&self, name: &str, rev: i64, until: i64) -> Result<bool> {
-        let name = name.to_owned();
+    async fn claim_schedule(&self, s: &ScheduleRow, until: i64) -> Result<bool> {
+        let (name, id, rev) = (s.name.clone(), s.id.clone(), s.rev);
         self.write_aside(move |conn| {
-            let p = params![name, rev, until];
+            let p = params![name, rev, until, id];
             Ok(conn.prepare_cached(sqlite!(CLAIM_SCHEDULE))?.execute(p)? == 1)
         })
     }
@@ -93,7 +93,8 @@ impl ScheduleStore for SqliteStore {
                 s.skipped,
                 s.missed,
                 s.last_error,
-                s.rev
+                s.rev,
+                s.id
             ];
             Ok(conn.prepare_cached(sqlite!(RECORD_TICK))?.execute(p)? == 1)
         })
