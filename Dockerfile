@@ -41,10 +41,11 @@ ARG SOURCE_DATE_EPOCH=0
 ARG EXTRA_PACKAGES=""
 # ca-certificates: http agents and external JWKS (rustls reads the system
 # roots where webpki roots are not used); bubblewrap: the executor's sandbox;
-# tini: reaps orphaned agent processes as PID 1 and forwards signals.
+# tini: reaps orphaned agent processes as PID 1 and forwards signals;
+# tzdata: the time zones of cron schedules.
 RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        ca-certificates bubblewrap tini zlib1g ${EXTRA_PACKAGES} \
+        ca-certificates bubblewrap tini tzdata zlib1g ${EXTRA_PACKAGES} \
  && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log /var/cache/ldconfig/aux-cache \
  && groupadd --system --gid 10001 devcycle \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/devcycle --shell /usr/sbin/nologin devcycle \

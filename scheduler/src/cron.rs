@@ -3,10 +3,13 @@
 //! caller passes the time.
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use devcycle::validate::FieldError;
+
+pub use self::zone::Zone;
+
+mod zone;
 
 /// Ticks counted as missed in one pass at most: counting is a walk over
 /// them, and an every-second schedule down for a week has 600,000.
@@ -16,7 +19,7 @@ pub const MAX_COUNTED: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub struct Spec {
     cron: Cron,
-    tz: Tz,
+    tz: Zone,
 }
 
 /// Parses `cron` (5 fields, or 6 with seconds first) and `time_zone` (an
@@ -37,12 +40,12 @@ pub fn parse(cron: &str, time_zone: &str, prefix: &str) -> Result<Spec, FieldErr
         .parse(cron)
         .map_err(|e| FieldError::new(&field, format!("{cron:?} is not a cron expression: {e}")))?;
     let tz = if time_zone.is_empty() {
-        Tz::UTC
+        Zone::utc()
     } else {
-        time_zone.parse::<Tz>().map_err(|_| {
+        Zone::named(time_zone).map_err(|why| {
             FieldError::new(
                 format!("{prefix}.time_zone"),
-                format!("{time_zone:?} is not an IANA time zone (such as Europe/Paris)"),
+                format!("{time_zone:?} {why}"),
             )
         })?
     };
@@ -71,7 +74,7 @@ impl Spec {
 
     /// `ms` in the zone, truncated to the second: ticks are whole seconds,
     /// and the search keeps any fraction it is given.
-    fn local(&self, ms: i64) -> Option<DateTime<Tz>> {
+    fn local(&self, ms: i64) -> Option<DateTime<Zone>> {
         let secs = ms.div_euclid(1000);
         Some(DateTime::<Utc>::from_timestamp(secs, 0)?.with_timezone(&self.tz))
     }
@@ -127,9 +130,9 @@ mod tests {
 
     use super::*;
 
-    fn ms(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-        tz.with_ymd_and_hms(y, mo, d, h, mi, s)
-            .earliest()
+    /// A UTC time in ms.
+    fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
             .unwrap()
             .timestamp_millis()
     }
@@ -137,46 +140,49 @@ mod tests {
     #[test]
     fn five_and_six_fields_and_nicknames() {
         let every_minute = parse("* * * * *", "", "s").unwrap();
-        let t = ms(Tz::UTC, 2026, 12, 7, 10, 0, 30);
-        assert_eq!(
-            every_minute.next_after(t),
-            Some(ms(Tz::UTC, 2026, 12, 7, 10, 1, 0))
-        );
+        let t = ms(2026, 12, 7, 10, 0, 30);
+        assert_eq!(every_minute.next_after(t), Some(ms(2026, 12, 7, 10, 1, 0)));
         let every_second = parse("* * * * * *", "", "s").unwrap();
         assert_eq!(every_second.next_after(t), Some(t + 1000));
         // Mid-second times round up to the next whole second.
         assert_eq!(every_second.next_after(t + 1), Some(t + 1000));
         let daily = parse("@daily", "", "s").unwrap();
-        assert_eq!(daily.next_after(t), Some(ms(Tz::UTC, 2026, 12, 8, 0, 0, 0)));
+        assert_eq!(daily.next_after(t), Some(ms(2026, 12, 8, 0, 0, 0)));
         let mondays = parse("0 9 * * MON", "", "s").unwrap();
         // 2026-12-07 is a Monday, and its 09:00 has passed at 10:00.
-        assert_eq!(
-            mondays.next_after(t),
-            Some(ms(Tz::UTC, 2026, 12, 14, 9, 0, 0))
-        );
+        assert_eq!(mondays.next_after(t), Some(ms(2026, 12, 14, 9, 0, 0)));
     }
 
     #[test]
     fn fields_are_read_in_the_time_zone() {
         let paris = parse("0 9 * * *", "Europe/Paris", "s").unwrap();
-        let t = ms(Tz::UTC, 2026, 12, 7, 0, 0, 0);
+        let t = ms(2026, 12, 7, 0, 0, 0);
         // 09:00 in Paris in winter is 08:00 UTC.
-        assert_eq!(paris.next_after(t), Some(ms(Tz::UTC, 2026, 12, 7, 8, 0, 0)));
-        let t = ms(Tz::UTC, 2026, 7, 1, 0, 0, 0);
-        assert_eq!(paris.next_after(t), Some(ms(Tz::UTC, 2026, 7, 1, 7, 0, 0)));
+        assert_eq!(paris.next_after(t), Some(ms(2026, 12, 7, 8, 0, 0)));
+        let t = ms(2026, 7, 1, 0, 0, 0);
+        assert_eq!(paris.next_after(t), Some(ms(2026, 7, 1, 7, 0, 0)));
     }
 
     #[test]
     fn a_local_time_skipped_by_daylight_saving_fires_once_after_it() {
         // 2026-03-29 02:30 does not exist in Paris (02:00 → 03:00).
         let s = parse("30 2 * * *", "Europe/Paris", "s").unwrap();
-        let t = ms(Tz::UTC, 2026, 3, 28, 12, 0, 0);
+        let t = ms(2026, 3, 28, 12, 0, 0);
         let next = s.next_after(t).unwrap();
-        assert!(next > ms(Tz::UTC, 2026, 3, 29, 0, 0, 0));
-        assert!(next < ms(Tz::UTC, 2026, 3, 30, 0, 0, 0));
+        assert!(next > ms(2026, 3, 29, 0, 0, 0));
+        assert!(next < ms(2026, 3, 30, 0, 0, 0));
         // Due, that tick fires: it is not lost to the gap.
         let d = due(&s, next, next + 100, 60_000);
         assert_eq!((d.latest, d.fire, d.missed), (next, true, 0));
+    }
+
+    #[test]
+    fn a_local_time_that_occurs_twice_fires_once() {
+        // 2026-10-25 02:30 happens at 00:30 and at 01:30 UTC in Paris.
+        let s = parse("30 2 * * *", "Europe/Paris", "s").unwrap();
+        let first = s.next_after(ms(2026, 10, 24, 12, 0, 0)).unwrap();
+        assert_eq!(first, ms(2026, 10, 25, 0, 30, 0));
+        assert_eq!(s.next_after(first), Some(ms(2026, 10, 26, 1, 30, 0)));
     }
 
     #[test]
@@ -195,7 +201,7 @@ mod tests {
     #[test]
     fn an_on_time_tick_fires() {
         let s = parse("* * * * *", "", "s").unwrap();
-        let tick = ms(Tz::UTC, 2026, 12, 7, 10, 0, 0);
+        let tick = ms(2026, 12, 7, 10, 0, 0);
         let d = due(&s, tick, tick + 250, 60_000);
         assert_eq!(
             d,
@@ -211,7 +217,7 @@ mod tests {
     #[test]
     fn after_an_outage_only_the_latest_tick_fires_within_the_window() {
         let s = parse("* * * * *", "", "s").unwrap();
-        let first = ms(Tz::UTC, 2026, 12, 7, 10, 0, 0);
+        let first = ms(2026, 12, 7, 10, 0, 0);
         // Down from 10:00 to 10:05:10: ticks 10:00..10:04 are missed,
         // 10:05 is 10 s old and fires.
         let now = first + 5 * 60_000 + 10_000;
@@ -228,7 +234,7 @@ mod tests {
     #[test]
     fn missed_ticks_are_counted_up_to_a_bound() {
         let s = parse("* * * * * *", "", "s").unwrap();
-        let first = ms(Tz::UTC, 2026, 12, 7, 0, 0, 0);
+        let first = ms(2026, 12, 7, 0, 0, 0);
         let now = first + 86_400_000 + 500;
         let d = due(&s, first, now, 0);
         assert_eq!(d.missed, MAX_COUNTED);

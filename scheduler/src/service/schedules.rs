@@ -301,22 +301,36 @@ impl SchedulerService {
     }
 }
 
-/// Fires due ticks until `stop`: wakes at the earliest tick (at least every
-/// second, for schedules other schedulers create), or when one is created
-/// or resumed here.
+/// Fires due ticks until `stop`. Wakes at the earliest tick, or when a
+/// schedule is created or resumed here. Schedulers that share their
+/// database also wake every second, for schedules created on another; a
+/// store with one writer (SQLite: one process per file) has no other, so
+/// an idle mesh without schedules never wakes for them.
 pub(crate) async fn run_ticker(svc: Arc<SchedulerService>, stop: CancellationToken) {
+    let shared = svc.store.concurrent_writers();
     loop {
         let pass = svc.fire_due(now_ms()).await;
         if let Err(e) = &pass {
             tracing::warn!(error = %e, "schedules: a pass failed");
         }
         let wait_ms = match (pass, svc.store.next_schedule_fire().await) {
-            (Ok(_), Ok(Some(t))) => t.saturating_sub(now_ms()).clamp(1, 1000),
-            _ => 1000,
+            (Ok(_), Ok(Some(t))) if shared => Some(t.saturating_sub(now_ms()).clamp(1, 1000)),
+            (Ok(_), Ok(Some(t))) => Some(t.saturating_sub(now_ms()).max(1)),
+            (Ok(_), Ok(None)) if !shared => None,
+            _ => Some(1000),
+        };
+        let sleep = async {
+            match wait_ms {
+                // Far ticks (NEVER) are woken for by a change, or not at all.
+                Some(ms) if ms < 86_400_000 => {
+                    tokio::time::sleep(Duration::from_millis(ms as u64)).await
+                }
+                _ => std::future::pending().await,
+            }
         };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            () = sleep => {}
             () = svc.schedules_changed.notified() => {}
         }
     }
