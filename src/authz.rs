@@ -103,6 +103,14 @@ impl Policy {
         Self::new(&refs)
     }
 
+    /// This policy and `other`'s entries, for a server hosting both services.
+    pub fn merge(mut self, other: Policy) -> Self {
+        for (method, patterns) in other.rules {
+            self.rules.entry(method).or_default().extend(patterns);
+        }
+        self
+    }
+
     pub fn has_entry(&self, method: &str) -> bool {
         self.rules.contains_key(method)
     }

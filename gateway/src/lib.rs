@@ -160,6 +160,8 @@ impl Options {
                 "registry",
             ),
             ("devcycle.scheduler.v1.Scheduler", &g.scheduler, "scheduler"),
+            // The scheduler serves messages: triggers start runs.
+            ("devcycle.messages.v1.Messages", &g.scheduler, "scheduler"),
         ] {
             if !addr.is_empty() {
                 routes.push(Route {

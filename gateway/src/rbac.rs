@@ -149,6 +149,7 @@ fn table() -> Vec<(String, Rule)> {
             ("CreateTopic", write(MAINT, &[&[1, 1]])),
             ("ListTopics", read(READ)),
             ("Publish", write(DEV, &[&[1]])),
+            ("PublishBatch", write(DEV, &[&[1]])),
             ("Subscribe", read(DEV)),
             ("Ack", write(DEV, &[&[1]])),
             ("Nack", write(DEV, &[&[1]])),

@@ -7,6 +7,7 @@ pub mod engine;
 mod error;
 pub mod hub;
 pub mod machine;
+pub mod messages;
 pub mod model;
 mod outbox;
 mod resolver;
@@ -29,6 +30,9 @@ use devcycle::bus::{EventBus, InProcessBus, KafkaBus};
 use devcycle::config::Config;
 use devcycle::db::Database;
 use devcycle::identity::SpiffeId;
+use devcycle::proto::messages::v1::messages_server::{
+    MessagesServer, SERVICE_NAME as MESSAGES_SERVICE,
+};
 use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
 use devcycle::proto::scheduler::v1::scheduler_server::{SERVICE_NAME, SchedulerServer};
 use devcycle::server::Endpoint;
@@ -127,6 +131,7 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     // An outbox and its relay only for a bus that leaves the process.
     let relayed = opts.bus.external();
     let topic = outbox::topic(&opts.topic_prefix);
+    let mut log: Option<Arc<dyn messages::MessageLog>> = None;
     let (store, pg): (Arc<dyn store::SchedulerStore>, _) = match &opts.db {
         Database::Postgres(pool) => (
             Arc::new(store::pg::PgStore::new(
@@ -138,6 +143,9 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         ),
         Database::Sqlite(pool) => {
             let path = pool.connect_options().get_filename().to_owned();
+            // The message log sits next to the scheduler's database.
+            let file = path.with_file_name("messages.db");
+            log = Some(Arc::new(messages::sqlite::SqliteLog::open(&file)?));
             (
                 Arc::new(store::sqlite::SqliteStore::open(path, relayed)?),
                 None,
@@ -195,12 +203,25 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         }),
     });
     tokio::spawn(service::run_ticker(Arc::clone(&svc), shutdown.clone()));
+    if let Some(log) = &log {
+        tokio::spawn(messages::service::run_retention(
+            Arc::clone(log),
+            shutdown.clone(),
+        ));
+    }
+    let messages = messages::service::MessagesService::new(log, shutdown.clone());
     let routes = tonic::service::Routes::new(
         SchedulerServer::from_arc(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
-    );
+    )
+    .add_service(MessagesServer::new(messages).max_decoding_message_size(MAX_MESSAGE_BYTES));
     let db = opts.db;
-    opts.endpoint
-        .server("scheduler", policy(), SERVICE_NAME)
+    let mut server = opts.endpoint.server(
+        "scheduler",
+        policy().merge(messages::service::policy()),
+        SERVICE_NAME,
+    );
+    server.health_names.push(MESSAGES_SERVICE);
+    server
         .follow_denylist(&db, &shutdown)
         .await?
         // In-flight calls are done: stop the engine, then publish what it

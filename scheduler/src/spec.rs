@@ -237,24 +237,13 @@ fn plan(
     })
 }
 
-fn parse_json(field: &str, text: &str) -> Result<Value, FieldError> {
-    validate::max_bytes(field, text, MAX_INPUT_BYTES)?;
-    serde_json::from_str(text).map_err(|e| err(field, format!("is not JSON: {e}")))
-}
-
-fn check_approval(a: &pb::ApprovalSpec, field: &str) -> Result<(), FieldError> {
-    validate::max_bytes(&format!("{field}.message"), &a.message, 4096)?;
-    if a.timeout_ms > MAX_APPROVAL_MS {
-        return Err(err(
-            format!("{field}.timeout_ms"),
-            format!("must be at most 30 days ({MAX_APPROVAL_MS} ms)"),
-        ));
+/// A list of people: `user/<name>` or `role/<role>` entries, at most 100.
+pub(crate) fn check_people(field: &str, list: &[String]) -> Result<(), FieldError> {
+    if list.len() > 100 {
+        return Err(err(field, "at most 100"));
     }
-    if a.approvers.len() > 100 {
-        return Err(err(format!("{field}.approvers"), "at most 100"));
-    }
-    for (j, who) in a.approvers.iter().enumerate() {
-        let f = format!("{field}.approvers[{j}]");
+    for (j, who) in list.iter().enumerate() {
+        let f = format!("{field}[{j}]");
         match who.split_once('/') {
             Some(("role", r)) if ROLES.contains(&r) => {}
             Some(("role", r)) => {
@@ -272,6 +261,23 @@ fn check_approval(a: &pb::ApprovalSpec, field: &str) -> Result<(), FieldError> {
             }
         }
     }
+    Ok(())
+}
+
+fn parse_json(field: &str, text: &str) -> Result<Value, FieldError> {
+    validate::max_bytes(field, text, MAX_INPUT_BYTES)?;
+    serde_json::from_str(text).map_err(|e| err(field, format!("is not JSON: {e}")))
+}
+
+fn check_approval(a: &pb::ApprovalSpec, field: &str) -> Result<(), FieldError> {
+    validate::max_bytes(&format!("{field}.message"), &a.message, 4096)?;
+    if a.timeout_ms > MAX_APPROVAL_MS {
+        return Err(err(
+            format!("{field}.timeout_ms"),
+            format!("must be at most 30 days ({MAX_APPROVAL_MS} ms)"),
+        ));
+    }
+    check_people(&format!("{field}.approvers"), &a.approvers)?;
     Ok(())
 }
 

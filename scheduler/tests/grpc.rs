@@ -5,6 +5,7 @@ mod common;
 /// The cases, by area.
 mod grpc {
     pub mod approvals;
+    pub mod messages;
     pub mod runs;
     pub mod schedules;
     pub mod submit;

@@ -25,7 +25,7 @@ use super::{Applied, Batch, SchedulerStore, apply_batch};
 use crate::error::Result;
 use crate::model::*;
 
-mod conn;
+pub(crate) mod conn;
 mod schedules;
 mod tx;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use devcycle::db::Database;
 use devcycle::identity::Kind;
+use devcycle::proto::messages::v1::messages_client::MessagesClient;
 use devcycle::proto::registry::v1 as reg;
 use devcycle::proto::registry::v1::agent_registry_client::AgentRegistryClient;
 use devcycle::proto::scheduler::v1 as pb;
@@ -190,6 +191,17 @@ impl Mesh {
         )
         .unwrap();
         SchedulerClient::new(ch)
+    }
+
+    /// The `Messages` service the scheduler serves, as the test user.
+    pub fn messages(&self) -> MessagesClient<Channel> {
+        let ch = devcycle::client::channel(
+            &self.user(),
+            &self.scheduler,
+            TestPki::id(Kind::Service, "scheduler"),
+        )
+        .unwrap();
+        MessagesClient::new(ch)
     }
 
     pub fn client(&self) -> SchedulerClient<Channel> {

@@ -14,12 +14,12 @@ use crate::error::{Error, Result};
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// A thread owning one connection, running jobs in order.
-pub(super) struct Worker {
+pub(crate) struct Worker {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl Worker {
-    pub(super) fn spawn(name: &str, path: &Path) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, path: &Path) -> Result<Self> {
         let mut conn = open(path)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()
@@ -33,7 +33,7 @@ impl Worker {
         Ok(Self { jobs: tx })
     }
 
-    pub(super) async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -47,7 +47,7 @@ impl Worker {
     }
 }
 
-pub(super) fn open(path: &Path) -> Result<Connection> {
+pub(crate) fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "wal")?;
@@ -76,7 +76,7 @@ pub(super) fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<(
 }
 
 /// The rows of a cached statement, each mapped by `f`.
-pub(super) fn all<T>(
+pub(crate) fn all<T>(
     conn: &Connection,
     sql: &str,
     p: impl Params,
@@ -92,7 +92,7 @@ pub(super) fn all<T>(
 }
 
 /// The first row of a cached statement, mapped by `f`.
-pub(super) fn first<T>(
+pub(crate) fn first<T>(
     conn: &Connection,
     sql: &str,
     p: impl Params,

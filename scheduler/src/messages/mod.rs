@@ -1,0 +1,149 @@
+//! Messages between agents: topics, consumer groups with per-message acks,
+//! redelivery after an ack deadline, dead letters and replay.
+//!
+//! The scheduler serves the `Messages` contract: triggers turn messages
+//! into runs, and the scheduler is where runs start. The log itself is a
+//! [`MessageLog`]; embedded mode keeps it in SQLite ([`sqlite`]), in its own
+//! file so that publishing never contends with the task queue's writer.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+mod access;
+mod check;
+pub mod service;
+pub mod sqlite;
+
+/// A topic as stored. Times are ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRow {
+    pub name: String,
+    pub partitions: u32,
+    pub retention_s: u64,
+    pub max_deliveries: u32,
+    pub owner: String,
+    pub publishers: Vec<String>,
+    pub subscribers: Vec<String>,
+    pub create_time: i64,
+}
+
+/// A message to publish; its partition is chosen by the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Unique per topic; a repeat is not stored twice.
+    pub id: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// Sorted by name.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a published message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub partition: u32,
+    pub offset: i64,
+    /// The id was already in the log: this is the earlier message's place.
+    pub duplicate: bool,
+}
+
+/// A stored message, as delivered (`delivery` counts from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub publish_time: i64,
+    pub delivery: u32,
+}
+
+/// Where a group starts reading when it is new or replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    Latest,
+    /// This offset of every partition.
+    Offset(i64),
+    /// The first message published at or after this time (ms).
+    Time(i64),
+}
+
+/// A message a group gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRow {
+    /// The log's position of the message: the page key.
+    pub seq: i64,
+    pub message: Stored,
+    pub group: String,
+    pub reason: String,
+    pub dead_time: i64,
+}
+
+/// A group's delivery: who holds it, and until when.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub group: &'a str,
+    /// The subscriber stream holding what is delivered.
+    pub holder: &'a str,
+    pub deadline_ms: i64,
+}
+
+/// The log behind the `Messages` contract. Every operation is one commit:
+/// a message is stored, delivered, acked or dead-lettered whole or not at
+/// all. Delivery is at least once: a message leaves a group only by an ack
+/// or by the dead letters.
+#[async_trait]
+pub trait MessageLog: Send + Sync {
+    /// Fails with ALREADY_EXISTS for a name in use.
+    async fn create_topic(&self, t: TopicRow) -> Result<TopicRow>;
+    async fn get_topic(&self, name: &str) -> Result<Option<TopicRow>>;
+    /// Topics by name after `after`, at most `limit`.
+    async fn list_topics(&self, after: &str, limit: usize) -> Result<Vec<TopicRow>>;
+    /// Stores `msgs` in order, all or none. A message whose id is already in
+    /// the topic is not stored again.
+    async fn publish(&self, topic: &TopicRow, msgs: Vec<NewMessage>) -> Result<Vec<Placed>>;
+    /// Places the group's read position where `start` says if the group is
+    /// new, or always with `replay` (which also forgets what the group has
+    /// in flight: the replay delivers it again).
+    async fn join(&self, topic: &TopicRow, group: &str, start: Start, replay: bool) -> Result<()>;
+    /// Up to `max` messages for the group: first those whose ack deadline
+    /// passed (or whose nack delay ended), then new ones in publish order.
+    /// A message already delivered `max_deliveries` times goes to the dead
+    /// letters instead.
+    async fn deliver(&self, topic: &TopicRow, lease: Lease<'_>, max: usize) -> Result<Vec<Stored>>;
+    /// How many messages `holder` holds unacked.
+    async fn held(&self, topic: &str, group: &str, holder: &str) -> Result<usize>;
+    /// When the group's next held message becomes deliverable again.
+    async fn next_redelivery(&self, topic: &str, group: &str) -> Result<Option<i64>>;
+    /// Acks the ids the group holds; returns how many were held.
+    async fn ack(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize>;
+    /// Makes a held message deliverable again after `delay_ms`, or dead if
+    /// it was delivered `max_deliveries` times. False if not held.
+    async fn nack(
+        &self,
+        topic: &TopicRow,
+        group: &str,
+        id: &str,
+        delay_ms: i64,
+        reason: &str,
+    ) -> Result<bool>;
+    /// A subscriber left: what it held is deliverable now.
+    async fn release(&self, topic: &str, group: &str, holder: &str) -> Result<()>;
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadRow>>;
+    /// Delivers a dead letter to its group again, counting from 1. False if
+    /// there is no such dead letter.
+    async fn requeue(&self, topic: &str, group: &str, id: &str) -> Result<bool>;
+    /// Drops messages older than their topic's retention that no group
+    /// holds or gave up on; returns how many.
+    async fn expire(&self, now_ms: i64) -> Result<u64>;
+}

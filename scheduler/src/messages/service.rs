@@ -1,0 +1,519 @@
+//! The `Messages` gRPC service over a [`MessageLog`].
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devcycle::authz::{Caller, Policy};
+use devcycle::proto::messages::v1 as pb;
+use devcycle::proto::messages::v1::messages_server::Messages;
+use devcycle::time::{now_ms, to_timestamp};
+use devcycle::validate::FieldError;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::access::{Use, check};
+use super::check::{self as input, DEFAULT_ACK_DEADLINE_MS, DEFAULT_IN_FLIGHT, MAX_BATCH};
+use super::{DeadRow, Lease, MessageLog, NewMessage, Placed, Stored, TopicRow};
+use crate::error::{Error, Result, respond};
+
+const M: &str = "/devcycle.messages.v1.Messages/";
+
+/// People (directly or through the gateway) use topics; the topic's own
+/// lists say who may do what (see [`super::access`]).
+pub fn policy() -> Policy {
+    const READ: &[&str] = &["*"];
+    const USE: &[&str] = &["user/*", "svc/gateway"];
+    Policy::for_service(
+        M,
+        &[
+            ("CreateTopic", USE),
+            ("ListTopics", READ),
+            ("Publish", USE),
+            ("PublishBatch", USE),
+            ("Subscribe", USE),
+            ("Ack", USE),
+            ("Nack", USE),
+            ("ListDeadLetters", READ),
+            ("RequeueDeadLetter", USE),
+            ("CreateTrigger", USE),
+            ("ListTriggers", READ),
+            ("DeleteTrigger", USE),
+        ],
+    )
+}
+
+/// The service; cheap to share with the streams it serves.
+pub struct MessagesService(Arc<Inner>);
+
+impl std::ops::Deref for MessagesService {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    log: Option<Arc<dyn MessageLog>>,
+    /// Woken when a topic gets messages or a group's held set changes.
+    wake: Mutex<HashMap<String, Arc<Notify>>>,
+    shutdown: CancellationToken,
+}
+
+impl MessagesService {
+    /// `log` is `None` where no message log is configured: every call then
+    /// says so.
+    pub fn new(log: Option<Arc<dyn MessageLog>>, shutdown: CancellationToken) -> Self {
+        Self(Arc::new(Inner {
+            log,
+            wake: Mutex::default(),
+            shutdown,
+        }))
+    }
+}
+
+impl Inner {
+    fn log(&self) -> Result<&Arc<dyn MessageLog>> {
+        self.log.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "messages are kept only by the embedded (SQLite) scheduler so far; \
+                 this scheduler runs on PostgreSQL, where the Kafka message log is not built yet"
+                    .into(),
+            )
+        })
+    }
+
+    fn notify(&self, topic: &str) -> Arc<Notify> {
+        Arc::clone(self.wake.lock().entry(topic.to_owned()).or_default())
+    }
+
+    async fn topic(&self, name: &str, field: &str) -> Result<TopicRow> {
+        input::name(field, name)?;
+        self.log()?
+            .get_topic(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{field}: topic {name} does not exist")))
+    }
+
+    async fn publish_all(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        msgs: Vec<NewMessage>,
+    ) -> Result<Vec<pb::PublishResponse>> {
+        let t = self.topic(topic, "topic").await?;
+        check(caller, &t, Use::Publish)?;
+        let ids: Vec<String> = msgs.iter().map(|m| m.id.clone()).collect();
+        let placed = self.log()?.publish(&t, msgs).await?;
+        self.notify(topic).notify_waiters();
+        Ok(ids.into_iter().zip(placed).map(response).collect())
+    }
+
+    /// Delivers to one subscriber until it leaves: as many messages as its
+    /// credits allow, waiting for publishes, acks and ack deadlines.
+    async fn deliver_loop(
+        self: Arc<Self>,
+        t: TopicRow,
+        group: String,
+        credits: usize,
+        deadline_ms: i64,
+        tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    ) {
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        let Ok(log) = self.log().cloned() else { return };
+        let wake = self.notify(&t.name);
+        let lease = Lease {
+            group: &group,
+            holder: &holder,
+            deadline_ms,
+        };
+        let outcome: Result<()> = async {
+            loop {
+                let woken = wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                let room = credits.saturating_sub(log.held(&t.name, &group, &holder).await?);
+                if room > 0 {
+                    let batch = log.deliver(&t, lease, room).await?;
+                    if !batch.is_empty() {
+                        for m in batch {
+                            let msg = to_pb(&t.name, m);
+                            if tx
+                                .send(Ok(pb::SubscribeResponse { message: Some(msg) }))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                        continue;
+                    }
+                }
+                // Sleep until the group's next held message may be due.
+                let wait = match log.next_redelivery(&t.name, &group).await? {
+                    Some(at) => (at - now_ms()).clamp(5, 60_000),
+                    None => 60_000,
+                };
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    _ = tx.closed() => return Ok(()),
+                    _ = self.shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = outcome {
+            let _ = tx.send(Err(e.into())).await;
+        }
+        // What it held goes to the group's other members now, not at its
+        // ack deadline.
+        if let Err(e) = log.release(&t.name, &group, &holder).await {
+            tracing::warn!(error = %e, topic = %t.name, group, "cannot release a subscriber's messages");
+        }
+        wake.notify_waiters();
+    }
+}
+
+fn response((id, p): (String, Placed)) -> pb::PublishResponse {
+    pb::PublishResponse {
+        id,
+        partition: p.partition,
+        offset: p.offset,
+        duplicate: p.duplicate,
+    }
+}
+
+fn to_pb(topic: &str, m: Stored) -> pb::Message {
+    pb::Message {
+        topic: topic.to_owned(),
+        partition: m.partition,
+        offset: m.offset,
+        key: m.key,
+        payload: m.payload,
+        headers: m.headers.into_iter().collect(),
+        publish_time: Some(to_timestamp(m.publish_time)),
+        id: m.id,
+        delivery: m.delivery,
+    }
+}
+
+fn topic_pb(t: TopicRow) -> pb::Topic {
+    pb::Topic {
+        name: t.name,
+        partitions: t.partitions,
+        retention_s: t.retention_s,
+        max_deliveries: t.max_deliveries,
+        owner: t.owner,
+        publishers: t.publishers,
+        subscribers: t.subscribers,
+        create_time: Some(to_timestamp(t.create_time)),
+    }
+}
+
+fn dead_pb(topic: &str, d: DeadRow) -> pb::DeadLetter {
+    pb::DeadLetter {
+        message: Some(to_pb(topic, d.message)),
+        group: d.group,
+        reason: d.reason,
+        dead_time: Some(to_timestamp(d.dead_time)),
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
+    Caller::of(req).cloned()
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Messages for MessagesService {
+    async fn create_topic(
+        &self,
+        req: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let who = caller(&req)?.actor();
+        respond(
+            async {
+                let t = input::topic(req.get_ref().topic.as_ref())?;
+                let row = TopicRow {
+                    name: t.name,
+                    partitions: t.partitions,
+                    retention_s: t.retention_s,
+                    max_deliveries: t.max_deliveries,
+                    owner: who,
+                    publishers: t.publishers,
+                    subscribers: t.subscribers,
+                    create_time: now_ms(),
+                };
+                let row = self.log()?.create_topic(row).await?;
+                Ok(pb::CreateTopicResponse {
+                    topic: Some(topic_pb(row)),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_topics(
+        &self,
+        req: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        respond(
+            async {
+                let r = req.get_ref();
+                let size = devcycle::page::page_size(r.page_size)?;
+                let after = devcycle::page::decode_token(&r.page_token)?.unwrap_or_default();
+                let mut rows = self.log()?.list_topics(&after, size + 1).await?;
+                let next = devcycle::page::finish(&mut rows, size, |t| t.name.clone());
+                Ok(pb::ListTopicsResponse {
+                    topics: rows.into_iter().map(topic_pb).collect(),
+                    next_page_token: next,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let who = caller(&req)?;
+        respond(
+            async {
+                let r = req.get_ref();
+                let m = input::message("", &r.id, &r.key, &r.payload, &r.headers)?;
+                let mut out = self.publish_all(&who, &r.topic, vec![m]).await?;
+                Ok(out.remove(0))
+            }
+            .await,
+        )
+    }
+
+    async fn publish_batch(
+        &self,
+        req: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let who = caller(&req)?;
+        respond(
+            async {
+                let r = req.get_ref();
+                if r.messages.is_empty() || r.messages.len() > MAX_BATCH {
+                    return Err(FieldError::new(
+                        "messages",
+                        format!("must hold 1-{MAX_BATCH} messages"),
+                    )
+                    .into());
+                }
+                let msgs = r
+                    .messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        input::message(
+                            &format!("messages[{i}]."),
+                            &m.id,
+                            &m.key,
+                            &m.payload,
+                            &m.headers,
+                        )
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let results = self.publish_all(&who, &r.topic, msgs).await?;
+                Ok(pb::PublishBatchResponse { results })
+            }
+            .await,
+        )
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let setup = async {
+            let t = self.topic(&r.topic, "topic").await?;
+            input::name("group", &r.group)?;
+            let start = input::start(r.start.as_ref())?;
+            let credits = input::bounded(
+                "max_in_flight",
+                r.max_in_flight,
+                DEFAULT_IN_FLIGHT,
+                input::MAX_IN_FLIGHT,
+            )?;
+            let deadline = input::bounded(
+                "ack_deadline_ms",
+                r.ack_deadline_ms,
+                DEFAULT_ACK_DEADLINE_MS,
+                input::MAX_WAIT_MS,
+            )?;
+            check(&who, &t, Use::Subscribe)?;
+            self.log()?.join(&t, &r.group, start, r.replay).await?;
+            Ok::<_, Error>((t, credits as usize, i64::from(deadline)))
+        };
+        let (t, credits, deadline) = setup.await.map_err(Status::from)?;
+        let (tx, rx) = mpsc::channel(credits);
+        tokio::spawn(Arc::clone(&self.0).deliver_loop(t, r.group, credits, deadline, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let who = caller(&req)?;
+        respond(
+            async {
+                let r = req.get_ref();
+                let t = self.topic(&r.topic, "topic").await?;
+                input::name("group", &r.group)?;
+                input::ack_ids(&r.ids)?;
+                check(&who, &t, Use::Subscribe)?;
+                self.log()?.ack(&t.name, &r.group, &r.ids).await?;
+                self.notify(&t.name).notify_waiters();
+                Ok(pb::AckResponse {})
+            }
+            .await,
+        )
+    }
+
+    async fn nack(
+        &self,
+        req: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        let who = caller(&req)?;
+        respond(
+            async {
+                let r = req.get_ref();
+                let t = self.topic(&r.topic, "topic").await?;
+                input::name("group", &r.group)?;
+                input::ack_ids(std::slice::from_ref(&r.id))
+                    .map_err(|e| FieldError::new("id", e.reason))?;
+                if r.delay_ms > input::MAX_WAIT_MS {
+                    return Err(FieldError::new(
+                        "delay_ms",
+                        format!("must be at most {}", input::MAX_WAIT_MS),
+                    )
+                    .into());
+                }
+                devcycle::validate::max_bytes("reason", &r.reason, 1024)?;
+                check(&who, &t, Use::Subscribe)?;
+                let held = self
+                    .log()?
+                    .nack(&t, &r.group, &r.id, i64::from(r.delay_ms), &r.reason)
+                    .await?;
+                if !held {
+                    return Err(Error::FailedPrecondition(format!(
+                        "id: message {} is not held by group {} (acked, dead, or never delivered)",
+                        r.id, r.group
+                    )));
+                }
+                self.notify(&t.name).notify_waiters();
+                Ok(pb::NackResponse {})
+            }
+            .await,
+        )
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        respond(
+            async {
+                let r = req.get_ref();
+                let t = self.topic(&r.topic, "topic").await?;
+                if !r.group.is_empty() {
+                    input::name("group", &r.group)?;
+                }
+                let size = devcycle::page::page_size(r.page_size)?;
+                let after = devcycle::page::decode_token(&r.page_token)?.unwrap_or_default();
+                let mut rows = self
+                    .log()?
+                    .dead_letters(&t.name, &r.group, &after, size + 1)
+                    .await?;
+                let next = devcycle::page::finish(&mut rows, size, |d| d.seq.to_string());
+                Ok(pb::ListDeadLettersResponse {
+                    dead_letters: rows.into_iter().map(|d| dead_pb(&t.name, d)).collect(),
+                    next_page_token: next,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn requeue_dead_letter(
+        &self,
+        req: Request<pb::RequeueDeadLetterRequest>,
+    ) -> Result<Response<pb::RequeueDeadLetterResponse>, Status> {
+        let who = caller(&req)?;
+        respond(
+            async {
+                let r = req.get_ref();
+                let t = self.topic(&r.topic, "topic").await?;
+                input::name("group", &r.group)?;
+                input::ack_ids(std::slice::from_ref(&r.id))
+                    .map_err(|e| FieldError::new("id", e.reason))?;
+                check(&who, &t, Use::Subscribe)?;
+                if !self.log()?.requeue(&t.name, &r.group, &r.id).await? {
+                    return Err(Error::NotFound(format!(
+                        "id: message {} is not a dead letter of group {}",
+                        r.id, r.group
+                    )));
+                }
+                self.notify(&t.name).notify_waiters();
+                Ok(pb::RequeueDeadLetterResponse {})
+            }
+            .await,
+        )
+    }
+
+    async fn create_trigger(
+        &self,
+        _req: Request<pb::CreateTriggerRequest>,
+    ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
+        Err(triggers_not_built())
+    }
+
+    async fn list_triggers(
+        &self,
+        _req: Request<pb::ListTriggersRequest>,
+    ) -> Result<Response<pb::ListTriggersResponse>, Status> {
+        Err(triggers_not_built())
+    }
+
+    async fn delete_trigger(
+        &self,
+        _req: Request<pb::DeleteTriggerRequest>,
+    ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
+        Err(triggers_not_built())
+    }
+}
+
+fn triggers_not_built() -> Status {
+    Status::unimplemented(
+        "triggers are not built yet: subscribe to the topic and start runs instead",
+    )
+}
+
+/// Drops expired messages every minute.
+pub async fn run_retention(log: Arc<dyn MessageLog>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        match log.expire(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "messages past their retention dropped"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop expired messages"),
+        }
+    }
+}
