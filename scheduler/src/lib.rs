@@ -11,7 +11,7 @@ pub mod messages;
 pub mod model;
 mod outbox;
 mod resolver;
-mod service;
+pub(crate) mod service;
 pub mod spec;
 pub mod spec_file;
 mod stats;
@@ -203,13 +203,15 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
         }),
     });
     tokio::spawn(service::run_ticker(Arc::clone(&svc), shutdown.clone()));
+    let messages =
+        messages::service::MessagesService::new(log.clone(), Arc::clone(&svc), shutdown.clone());
+    messages.run_triggers(shutdown.clone());
     if let Some(log) = &log {
         tokio::spawn(messages::service::run_retention(
             Arc::clone(log),
             shutdown.clone(),
         ));
     }
-    let messages = messages::service::MessagesService::new(log, shutdown.clone());
     let routes = tonic::service::Routes::new(
         SchedulerServer::from_arc(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     )

@@ -188,6 +188,9 @@ fn plan(
                 Ref::Output { task, .. } if !index.contains_key(task) => {
                     return Err(err(&field, format!("{r} names a task that does not exist")));
                 }
+                Ref::Message(_) => {
+                    return Err(err(&field, format!("{r}: messages are for trigger inputs")));
+                }
                 Ref::Output { task, .. } if !upstream[t.index].contains(task) => {
                     return Err(err(
                         &field,
@@ -216,7 +219,7 @@ fn plan(
                     &key,
                     &|r| match r {
                         Ref::Input(n) => inputs.get(n),
-                        Ref::Output { .. } => None,
+                        Ref::Output { .. } | Ref::Message(_) => None,
                     },
                     MAX_KEY_BYTES + 2,
                 )

@@ -109,7 +109,7 @@ pub fn build(
                 &t.input,
                 &|r| match r {
                     Ref::Input(n) => plan.inputs.get(n),
-                    Ref::Output { .. } => None,
+                    Ref::Output { .. } | Ref::Message(_) => None,
                 },
                 template::MAX_RENDERED_BYTES,
             )

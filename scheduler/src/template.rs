@@ -1,5 +1,5 @@
 //! Templates in task inputs: `${inputs.NAME}` and `${tasks.ID.output.PATH}`
-//! inside JSON string values. A string that is exactly one template becomes
+//! inside JSON string values; trigger inputs use `${message.PATH}`. A string that is exactly one template becomes
 //! the referenced JSON value; otherwise values are interpolated as text
 //! (strings raw, anything else as JSON). `$$` is a literal `$`.
 
@@ -13,6 +13,9 @@ pub enum Ref {
         task: String,
         path: Vec<String>,
     },
+    /// A trigger's message (`id`, `key`, `topic`, `headers`, `payload`), and
+    /// a path into it.
+    Message(Vec<String>),
 }
 
 impl std::fmt::Display for Ref {
@@ -21,6 +24,7 @@ impl std::fmt::Display for Ref {
             Ref::Input(n) => write!(f, "${{inputs.{n}}}"),
             Ref::Output { task, path } if path.is_empty() => write!(f, "${{tasks.{task}.output}}"),
             Ref::Output { task, path } => write!(f, "${{tasks.{task}.output.{}}}", path.join(".")),
+            Ref::Message(path) => write!(f, "${{message.{}}}", path.join(".")),
         }
     }
 }
@@ -73,8 +77,11 @@ fn parse_ref(body: &str) -> Result<Ref, String> {
             task: (*task).to_owned(),
             path: path.iter().map(|p| (*p).to_owned()).collect(),
         }),
+        ["message", path @ ..] if !path.is_empty() => {
+            Ok(Ref::Message(path.iter().map(|p| (*p).to_owned()).collect()))
+        }
         _ => Err(format!(
-            "${{{body}}} is not ${{inputs.NAME}} or ${{tasks.ID.output[.PATH]}}"
+            "${{{body}}} is not ${{inputs.NAME}}, ${{tasks.ID.output[.PATH]}} or ${{message.PATH}}"
         )),
     }
 }

@@ -9,6 +9,7 @@ mod grpc {
     pub mod runs;
     pub mod schedules;
     pub mod submit;
+    pub mod triggers;
 }
 
 use devcycle::proto::scheduler::v1 as pb;

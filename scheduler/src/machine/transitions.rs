@@ -229,6 +229,7 @@ impl Machine {
                         Ref::Output { task, path } => {
                             outputs.get(task).and_then(|o| template::select(o, path))
                         }
+                        Ref::Message(_) => None,
                     },
                     template::MAX_RENDERED_BYTES,
                 )

@@ -23,6 +23,8 @@ pub const DEFAULT_ACK_DEADLINE_MS: u32 = 30_000;
 /// Ack deadlines and nack delays: at most an hour.
 pub const MAX_WAIT_MS: u32 = 3_600_000;
 pub const MAX_ACK_IDS: usize = 1024;
+/// Message ids: short enough that a trigger's idempotency key holds one.
+pub const MAX_ID_CHARS: usize = 80;
 
 /// Topic and group names: 1-128 of `[a-z0-9._-]`.
 pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
@@ -81,7 +83,7 @@ pub fn message(
     let id = if id.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {
-        validate::token(&format!("{field}id"), id, 128, b"._:/")?;
+        validate::token(&format!("{field}id"), id, MAX_ID_CHARS, b"._:/")?;
         id.to_owned()
     };
     validate::max_bytes(&format!("{field}key"), key, MAX_KEY_BYTES)?;
@@ -153,7 +155,7 @@ pub fn ack_ids(ids: &[String]) -> Result<(), FieldError> {
         ));
     }
     for (i, id) in ids.iter().enumerate() {
-        validate::token(&format!("ids[{i}]"), id, 128, b"._:/")?;
+        validate::token(&format!("ids[{i}]"), id, MAX_ID_CHARS, b"._:/")?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod access;
 mod check;
 pub mod service;
 pub mod sqlite;
+mod triggers;
 
 /// A topic as stored. Times are ms since the epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,51 @@ pub struct DeadRow {
     pub dead_time: i64,
 }
 
+/// A trigger: messages of a topic that pass its filters start runs of a
+/// stored workflow as its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRow {
+    pub name: String,
+    /// Unique per creation: a trigger created again under one name reads as
+    /// a new group and never shares idempotency keys with its predecessor.
+    pub id: String,
+    pub topic: String,
+    pub workflow: String,
+    /// Sorted by name, as are the filters and inputs below.
+    pub header_filter: Vec<(String, String)>,
+    /// Dotted path to the expected value as JSON text.
+    pub payload_filter: Vec<(String, String)>,
+    /// Input name to JSON text with `${message.*}` templates.
+    pub inputs: Vec<(String, String)>,
+    pub owner: String,
+    pub create_time: i64,
+    pub fired: u64,
+    pub skipped: u64,
+    pub last_run_id: String,
+    pub last_error: String,
+}
+
+impl TriggerRow {
+    /// The consumer group the trigger reads as.
+    pub fn group(&self) -> String {
+        format!("trigger.{}.{}", self.name, self.id)
+    }
+}
+
+/// What a trigger did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Fired {
+        run_id: String,
+    },
+    /// A message delivered again found the run it started.
+    Repeated,
+    Skipped,
+    Failed {
+        error: String,
+    },
+}
+
 /// A group's delivery: who holds it, and until when.
 #[derive(Debug, Clone, Copy)]
 pub struct Lease<'a> {
@@ -143,6 +189,23 @@ pub trait MessageLog: Send + Sync {
     /// Delivers a dead letter to its group again, counting from 1. False if
     /// there is no such dead letter.
     async fn requeue(&self, topic: &str, group: &str, id: &str) -> Result<bool>;
+    /// Moves a held message to the dead letters now. False if not held.
+    async fn bury(&self, topic: &str, group: &str, id: &str, reason: &str) -> Result<bool>;
+    /// Stores a trigger and places its group at the topic's end, in one
+    /// commit. Fails with ALREADY_EXISTS for a name in use.
+    async fn create_trigger(&self, t: TriggerRow) -> Result<TriggerRow>;
+    async fn get_trigger(&self, name: &str) -> Result<Option<TriggerRow>>;
+    /// Triggers by name after `after` (of `topic` unless empty).
+    async fn list_triggers(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<TriggerRow>>;
+    /// Deletes the trigger created as `id`; false if it is gone.
+    async fn delete_trigger(&self, name: &str, id: &str) -> Result<bool>;
+    /// Counts what a trigger did, if it still exists as `id`.
+    async fn record(&self, name: &str, id: &str, outcome: &Outcome) -> Result<()>;
     /// Drops messages older than their topic's retention that no group
     /// holds or gave up on; returns how many.
     async fn expire(&self, now_ms: i64) -> Result<u64>;

@@ -18,8 +18,11 @@ use tonic::{Request, Response, Status};
 
 use super::access::{Use, check};
 use super::check::{self as input, DEFAULT_ACK_DEADLINE_MS, DEFAULT_IN_FLIGHT, MAX_BATCH};
-use super::{DeadRow, Lease, MessageLog, NewMessage, Placed, Stored, TopicRow};
+use super::{
+    DeadRow, Lease, MessageLog, NewMessage, Placed, Stored, TopicRow, TriggerRow, triggers,
+};
 use crate::error::{Error, Result, respond};
+use crate::service::SchedulerService;
 
 const M: &str = "/devcycle.messages.v1.Messages/";
 
@@ -59,6 +62,10 @@ impl std::ops::Deref for MessagesService {
 
 pub struct Inner {
     log: Option<Arc<dyn MessageLog>>,
+    /// Where triggers start runs.
+    runs: Arc<SchedulerService>,
+    /// Wakes the trigger readers' keeper when a trigger is created or deleted.
+    pub(super) triggers_changed: Notify,
     /// Woken when a topic gets messages or a group's held set changes.
     wake: Mutex<HashMap<String, Arc<Notify>>>,
     shutdown: CancellationToken,
@@ -67,17 +74,29 @@ pub struct Inner {
 impl MessagesService {
     /// `log` is `None` where no message log is configured: every call then
     /// says so.
-    pub fn new(log: Option<Arc<dyn MessageLog>>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        log: Option<Arc<dyn MessageLog>>,
+        runs: Arc<SchedulerService>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self(Arc::new(Inner {
             log,
+            runs,
+            triggers_changed: Notify::new(),
             wake: Mutex::default(),
             shutdown,
         }))
     }
+
+    /// Runs the stored triggers until `stop`.
+    pub fn run_triggers(&self, stop: CancellationToken) {
+        let runs = Arc::clone(&self.0.runs);
+        tokio::spawn(Arc::clone(&self.0).run_triggers(runs, stop));
+    }
 }
 
 impl Inner {
-    fn log(&self) -> Result<&Arc<dyn MessageLog>> {
+    pub(super) fn log(&self) -> Result<&Arc<dyn MessageLog>> {
         self.log.as_ref().ok_or_else(|| {
             Error::FailedPrecondition(
                 "messages are kept only by the embedded (SQLite) scheduler so far; \
@@ -87,7 +106,7 @@ impl Inner {
         })
     }
 
-    fn notify(&self, topic: &str) -> Arc<Notify> {
+    pub(super) fn notify(&self, topic: &str) -> Arc<Notify> {
         Arc::clone(self.wake.lock().entry(topic.to_owned()).or_default())
     }
 
@@ -115,7 +134,7 @@ impl Inner {
 
     /// Delivers to one subscriber until it leaves: as many messages as its
     /// credits allow, waiting for publishes, acks and ack deadlines.
-    async fn deliver_loop(
+    pub(super) async fn deliver_loop(
         self: Arc<Self>,
         t: TopicRow,
         group: String,
@@ -357,6 +376,10 @@ impl Messages for MessagesService {
             )?;
             check(&who, &t, Use::Subscribe)?;
             self.log()?.join(&t, &r.group, start, r.replay).await?;
+            if r.replay {
+                // Other members of the group read from the new position now.
+                self.notify(&t.name).notify_waiters();
+            }
             Ok::<_, Error>((t, credits as usize, i64::from(deadline)))
         };
         let (t, credits, deadline) = setup.await.map_err(Status::from)?;
@@ -477,30 +500,117 @@ impl Messages for MessagesService {
 
     async fn create_trigger(
         &self,
-        _req: Request<pb::CreateTriggerRequest>,
+        req: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
-        Err(triggers_not_built())
+        let who = caller(&req)?;
+        respond(
+            async {
+                let t = devcycle::validate::present("trigger", req.get_ref().trigger.as_ref())?;
+                let (header_filter, payload_filter, inputs) =
+                    triggers::check(&self.runs, t).await?;
+                let topic = self.topic(&t.topic, "trigger.topic").await?;
+                // A trigger reads its topic for its owner.
+                check(&who, &topic, Use::Subscribe)?;
+                let row = TriggerRow {
+                    name: t.name.clone(),
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    topic: topic.name,
+                    workflow: t.workflow_name.clone(),
+                    header_filter,
+                    payload_filter,
+                    inputs,
+                    owner: who.actor(),
+                    create_time: now_ms(),
+                    fired: 0,
+                    skipped: 0,
+                    last_run_id: String::new(),
+                    last_error: String::new(),
+                };
+                let row = self.log()?.create_trigger(row).await?;
+                self.triggers_changed.notify_one();
+                Ok(pb::CreateTriggerResponse {
+                    trigger: Some(trigger_pb(row)),
+                })
+            }
+            .await,
+        )
     }
 
     async fn list_triggers(
         &self,
-        _req: Request<pb::ListTriggersRequest>,
+        req: Request<pb::ListTriggersRequest>,
     ) -> Result<Response<pb::ListTriggersResponse>, Status> {
-        Err(triggers_not_built())
+        respond(
+            async {
+                let r = req.get_ref();
+                if !r.topic.is_empty() {
+                    input::name("topic", &r.topic)?;
+                }
+                let size = devcycle::page::page_size(r.page_size)?;
+                let after = devcycle::page::decode_token(&r.page_token)?.unwrap_or_default();
+                let mut rows = self
+                    .log()?
+                    .list_triggers(&r.topic, &after, size + 1)
+                    .await?;
+                let next = devcycle::page::finish(&mut rows, size, |t| t.name.clone());
+                Ok(pb::ListTriggersResponse {
+                    triggers: rows.into_iter().map(trigger_pb).collect(),
+                    next_page_token: next,
+                })
+            }
+            .await,
+        )
     }
 
     async fn delete_trigger(
         &self,
-        _req: Request<pb::DeleteTriggerRequest>,
+        req: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
-        Err(triggers_not_built())
+        let who = caller(&req)?;
+        respond(
+            async {
+                let name = &req.get_ref().name;
+                devcycle::validate::dns_label("name", name)?;
+                let gone = || Error::NotFound(format!("name: trigger {name} does not exist"));
+                let t = self.log()?.get_trigger(name).await?.ok_or_else(gone)?;
+                let manager = who.principal.as_ref().is_none_or(|p| {
+                    p.roles
+                        .intersects(devcycle::authz::Roles::ADMIN.or(devcycle::authz::Roles::MAINTAINER))
+                });
+                if !manager && who.actor() != t.owner {
+                    return Err(Error::PermissionDenied(format!(
+                        "trigger {name} belongs to {}; only its owner, maintainers and admins may delete it",
+                        t.owner
+                    )));
+                }
+                if !self.log()?.delete_trigger(name, &t.id).await? {
+                    return Err(gone());
+                }
+                self.triggers_changed.notify_one();
+                Ok(pb::DeleteTriggerResponse {})
+            }
+            .await,
+        )
     }
 }
 
-fn triggers_not_built() -> Status {
-    Status::unimplemented(
-        "triggers are not built yet: subscribe to the topic and start runs instead",
-    )
+fn trigger_pb(t: TriggerRow) -> pb::Trigger {
+    let group = t.group();
+    pb::Trigger {
+        name: t.name,
+        topic: t.topic,
+        workflow_name: t.workflow,
+        header_filter: t.header_filter.into_iter().collect(),
+        create_time: Some(to_timestamp(t.create_time)),
+        payload_filter: t.payload_filter.into_iter().collect(),
+        inputs: t.inputs.into_iter().collect(),
+        owner: t.owner,
+        group,
+        fired: t.fired,
+        skipped: t.skipped,
+        last_run_id: t.last_run_id,
+        last_error: t.last_error,
+    }
 }
 
 /// Drops expired messages every minute.

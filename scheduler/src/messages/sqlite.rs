@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{DeadRow, Lease, MessageLog, NewMessage, Placed, Start, Stored, TopicRow};
+use super::{
+    DeadRow, Lease, MessageLog, NewMessage, Outcome, Placed, Start, Stored, TopicRow, TriggerRow,
+};
 use crate::error::{Error, Result};
 use crate::store::sqlite::conn::{Worker, all, first, open};
 
@@ -43,8 +45,16 @@ CREATE TABLE IF NOT EXISTS dead (
   topic TEXT NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL, delivery INTEGER NOT NULL,
   reason TEXT NOT NULL, dead_time INTEGER NOT NULL,
   PRIMARY KEY (topic, grp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS triggers (
+  name TEXT PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL, workflow TEXT NOT NULL,
+  header_filter TEXT NOT NULL, payload_filter TEXT NOT NULL, inputs TEXT NOT NULL,
+  owner TEXT NOT NULL, create_time INTEGER NOT NULL, fired INTEGER NOT NULL DEFAULT 0,
+  skipped INTEGER NOT NULL DEFAULT 0, last_run_id TEXT NOT NULL DEFAULT '',
+  last_error TEXT NOT NULL DEFAULT '');
 PRAGMA user_version = 1;
 ";
+
+mod triggers;
 
 const MESSAGE_COLUMNS: &str = "m.id, m.part, m.off, m.key, m.payload, m.headers, m.publish_time";
 
@@ -95,7 +105,7 @@ fn partition_of(key: &str, partitions: u32, unkeyed: &AtomicU32) -> u32 {
     (h % u64::from(partitions)) as u32
 }
 
-fn headers_json(h: &[(String, String)]) -> String {
+pub(super) fn pairs_json(h: &[(String, String)]) -> String {
     let m: serde_json::Map<String, serde_json::Value> = h
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -103,9 +113,9 @@ fn headers_json(h: &[(String, String)]) -> String {
     serde_json::Value::Object(m).to_string()
 }
 
-fn parse_headers(s: &str) -> Result<Vec<(String, String)>> {
+pub(super) fn parse_pairs(s: &str) -> Result<Vec<(String, String)>> {
     let m: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("message headers: {e}")))?;
+        serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("stored pairs: {e}")))?;
     Ok(m.into_iter().collect())
 }
 
@@ -138,7 +148,7 @@ fn stored(r: &rusqlite::Row<'_>, at: usize, delivery: u32) -> Result<Stored> {
         offset: r.get(at + 2)?,
         key: r.get(at + 3)?,
         payload: r.get(at + 4)?,
-        headers: parse_headers(&r.get::<_, String>(at + 5)?)?,
+        headers: parse_pairs(&r.get::<_, String>(at + 5)?)?,
         publish_time: r.get(at + 6)?,
         delivery,
     })
@@ -169,6 +179,46 @@ fn bury(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![topic, group, seq, delivery, reason, now()])?;
+    Ok(())
+}
+
+/// Places `group`'s cursors where `start` says, if it is new or `replay`.
+fn join(tx: &Transaction<'_>, name: &str, group: &str, start: Start, replay: bool) -> Result<()> {
+    let known: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM cursors WHERE topic = ?1 AND grp = ?2)")?
+        .query_row(params![name, group], |r| r.get(0))?;
+    if known && !replay {
+        return Ok(());
+    }
+    let parts: Vec<(u32, i64)> = all(
+        tx,
+        "SELECT part, next_offset FROM partitions WHERE topic = ?1 ORDER BY part",
+        [name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    for (part, end) in parts {
+        let from = match start {
+            Start::Earliest => 0,
+            Start::Latest => end,
+            Start::Offset(o) => o.min(end),
+            Start::Time(t) => tx
+                .prepare_cached(
+                    "SELECT MIN(off) FROM messages
+                     WHERE topic = ?1 AND part = ?2 AND publish_time >= ?3",
+                )?
+                .query_row(params![name, part, t], |r| r.get::<_, Option<i64>>(0))?
+                .unwrap_or(end),
+        };
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO cursors (topic, grp, part, next_offset)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![name, group, part, from])?;
+    }
+    if replay {
+        tx.prepare_cached("DELETE FROM held WHERE topic = ?1 AND grp = ?2")?
+            .execute(params![name, group])?;
+    }
     Ok(())
 }
 
@@ -278,7 +328,7 @@ impl MessageLog for SqliteLog {
                     m.id,
                     m.key,
                     m.payload,
-                    headers_json(&m.headers),
+                    pairs_json(&m.headers),
                     at
                 ])?;
                 out.push(Placed {
@@ -294,47 +344,8 @@ impl MessageLog for SqliteLog {
 
     async fn join(&self, topic: &TopicRow, group: &str, start: Start, replay: bool) -> Result<()> {
         let (name, group) = (topic.name.clone(), group.to_owned());
-        self.tx(move |tx| {
-            let known: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM cursors WHERE topic = ?1 AND grp = ?2)",
-                )?
-                .query_row(params![name, group], |r| r.get(0))?;
-            if known && !replay {
-                return Ok(());
-            }
-            let parts: Vec<(u32, i64)> = all(
-                tx,
-                "SELECT part, next_offset FROM partitions WHERE topic = ?1 ORDER BY part",
-                [&name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            for (part, end) in parts {
-                let from = match start {
-                    Start::Earliest => 0,
-                    Start::Latest => end,
-                    Start::Offset(o) => o.min(end),
-                    Start::Time(t) => tx
-                        .prepare_cached(
-                            "SELECT MIN(off) FROM messages
-                             WHERE topic = ?1 AND part = ?2 AND publish_time >= ?3",
-                        )?
-                        .query_row(params![name, part, t], |r| r.get::<_, Option<i64>>(0))?
-                        .unwrap_or(end),
-                };
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO cursors (topic, grp, part, next_offset)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![name, group, part, from])?;
-            }
-            if replay {
-                tx.prepare_cached("DELETE FROM held WHERE topic = ?1 AND grp = ?2")?
-                    .execute(params![name, group])?;
-            }
-            Ok(())
-        })
-        .await
+        self.tx(move |tx| join(tx, &name, &group, start, replay))
+            .await
     }
 
     async fn deliver(&self, topic: &TopicRow, lease: Lease<'_>, max: usize) -> Result<Vec<Stored>> {
@@ -582,6 +593,70 @@ impl MessageLog for SqliteLog {
             Ok(true)
         })
         .await
+    }
+
+    async fn bury(&self, topic: &str, group: &str, id: &str, reason: &str) -> Result<bool> {
+        let args = (
+            topic.to_owned(),
+            group.to_owned(),
+            id.to_owned(),
+            reason.to_owned(),
+        );
+        self.tx(move |tx| {
+            let (topic, group, id, reason) = &args;
+            let Some(seq) = seq_of(tx, topic, id)? else {
+                return Ok(false);
+            };
+            let delivery: Option<u32> = tx
+                .prepare_cached(
+                    "SELECT delivery FROM held WHERE topic = ?1 AND grp = ?2 AND seq = ?3",
+                )?
+                .query_row(params![topic, group, seq], |r| r.get(0))
+                .optional()?;
+            let Some(delivery) = delivery else {
+                return Ok(false);
+            };
+            bury(tx, topic, group, seq, delivery, reason)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn create_trigger(&self, t: TriggerRow) -> Result<TriggerRow> {
+        self.tx(move |tx| {
+            triggers::insert(tx, &t)?;
+            join(tx, &t.topic, &t.group(), Start::Latest, false)?;
+            Ok(t)
+        })
+        .await
+    }
+
+    async fn get_trigger(&self, name: &str) -> Result<Option<TriggerRow>> {
+        let name = name.to_owned();
+        self.worker.run(move |c| triggers::get(c, &name)).await
+    }
+
+    async fn list_triggers(
+        &self,
+        topic: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<TriggerRow>> {
+        let (topic, after) = (topic.to_owned(), after.to_owned());
+        self.worker
+            .run(move |c| triggers::list(c, &topic, &after, limit))
+            .await
+    }
+
+    async fn delete_trigger(&self, name: &str, id: &str) -> Result<bool> {
+        let (name, id) = (name.to_owned(), id.to_owned());
+        self.tx(move |tx| triggers::delete(tx, &name, &id)).await
+    }
+
+    async fn record(&self, name: &str, id: &str, outcome: &Outcome) -> Result<()> {
+        let (name, id, outcome) = (name.to_owned(), id.to_owned(), outcome.clone());
+        self.tx(move |tx| triggers::record(tx, &name, &id, &outcome))
+            .await
     }
 
     async fn expire(&self, now_ms: i64) -> Result<u64> {

@@ -259,7 +259,7 @@ impl SchedulerService {
             .start_stored(s.owner.clone(), &s.workflow, &inputs, &key)
             .await
         {
-            Ok(run_id) => s.record_fired(tick, run_id),
+            Ok((run_id, _)) => s.record_fired(tick, run_id),
             Err(e @ (Error::Invalid(_) | Error::NotFound(_) | Error::FailedPrecondition(_))) => {
                 s.last_error = e.to_string();
             }
@@ -278,14 +278,15 @@ impl SchedulerService {
         ))
     }
 
-    /// Starts a run of stored workflow `name` as `actor`; returns its id.
-    async fn start_stored(
+    /// Starts a run of stored workflow `name` as `actor`, or finds the one
+    /// `key` started; returns its id and whether it is new.
+    pub(crate) async fn start_stored(
         &self,
         actor: String,
         name: &str,
         inputs: &HashMap<String, String>,
         key: &str,
-    ) -> Result<String> {
+    ) -> Result<(String, bool)> {
         let which = pb::submit_run_request::Workflow::WorkflowName(name.to_owned());
         let (spec, revision, prefix) = self.workflow_spec(Some(which)).await?;
         let start = Start {
@@ -297,7 +298,8 @@ impl SchedulerService {
             workflow_name: name.to_owned(),
             wait: false,
         };
-        Ok(self.start(actor, start).await?.run_id)
+        let started = self.start(actor, start).await?;
+        Ok((started.run_id, started.created))
     }
 }
 

@@ -20,7 +20,7 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 impl SchedulerService {
-    pub(super) async fn workflow_spec(
+    pub(crate) async fn workflow_spec(
         &self,
         spec: Option<pb::submit_run_request::Workflow>,
     ) -> Result<(pb::WorkflowSpec, i64, &'static str)> {
