@@ -145,6 +145,17 @@ impl Clients {
         )
     }
 
+    /// Messages are served by the scheduler.
+    pub fn messages(
+        &self,
+    ) -> anyhow::Result<devcycle::proto::messages::v1::messages_client::MessagesClient<Conn>> {
+        let ch = self.conn("scheduler", &self.config.client.scheduler)?;
+        Ok(
+            devcycle::proto::messages::v1::messages_client::MessagesClient::new(ch)
+                .max_decoding_message_size(16 * 1024 * 1024),
+        )
+    }
+
     pub fn auth(&self) -> anyhow::Result<auth_pb::auth_client::AuthClient<Conn>> {
         let ch = self.conn("gateway", &self.config.client.gateway)?;
         Ok(auth_pb::auth_client::AuthClient::new(ch))

@@ -135,6 +135,16 @@ enum Command {
     /// Cron schedules that start workflow runs.
     #[command(subcommand)]
     Schedule(cmd::schedules::ScheduleCmd),
+    /// Topics for messages between agents: create, list, dead letters.
+    #[command(subcommand)]
+    Topic(cmd::messages::TopicCmd),
+    /// Publish a message to a topic.
+    Publish(cmd::messages::PublishArgs),
+    /// Read a topic as a member of a consumer group, acking what is printed.
+    Subscribe(cmd::messages::SubscribeArgs),
+    /// Triggers that start a workflow run for each message on a topic.
+    #[command(subcommand)]
+    Trigger(cmd::messages::TriggerCmd),
     /// Approve or reject an approval task; without one, list those waiting.
     Approve(cmd::approvals::ApproveArgs),
     /// Agents: create, publish, deploy, roll back, find, check.
@@ -357,6 +367,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedule(cmd) => {
             let clients = clients(&src).await?;
             cmd::schedules::run(cmd, &clients, json).await
+        }
+        Command::Topic(cmd) => {
+            let clients = clients(&src).await?;
+            cmd::messages::topic(cmd, &clients, json).await
+        }
+        Command::Publish(args) => {
+            let clients = clients(&src).await?;
+            cmd::messages::publish(args, &clients, json).await
+        }
+        Command::Subscribe(args) => {
+            let clients = clients(&src).await?;
+            cmd::messages::subscribe(args, &clients, json).await
+        }
+        Command::Trigger(cmd) => {
+            let clients = clients(&src).await?;
+            cmd::messages::trigger(cmd, &clients, json).await
         }
         Command::Approve(args) => {
             let clients = clients(&src).await?;

@@ -2,6 +2,7 @@
 //! page size would silently show part of it.
 
 use devcycle::proto::auth::v1 as auth;
+use devcycle::proto::messages::v1 as messages;
 use devcycle::proto::registry::v1 as registry;
 use devcycle::proto::scheduler::v1 as scheduler;
 
@@ -36,6 +37,9 @@ pages! {
     scheduler::ListTasksResponse => tasks: scheduler::Task,
     scheduler::ListDeadLettersResponse => dead_letters: scheduler::DeadLetter,
     scheduler::ListSchedulesResponse => schedules: scheduler::Schedule,
+    messages::ListTopicsResponse => topics: messages::Topic,
+    messages::ListDeadLettersResponse => dead_letters: messages::DeadLetter,
+    messages::ListTriggersResponse => triggers: messages::Trigger,
     auth::ListUsersResponse => users: auth::User,
     auth::ListAuditEventsResponse => events: auth::AuditEvent,
 }

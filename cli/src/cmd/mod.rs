@@ -7,6 +7,7 @@ pub mod audit;
 pub mod deploy;
 pub mod dlq;
 pub mod follow;
+pub mod messages;
 pub mod runs;
 pub mod schedules;
 pub mod sessions;

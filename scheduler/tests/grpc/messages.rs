@@ -535,3 +535,24 @@ async fn topics_are_listed_by_name_in_pages() {
     assert_eq!(rest.topics[0].name, "c");
     assert!(rest.next_page_token.is_empty());
 }
+
+#[tokio::test]
+async fn a_scheduler_on_postgresql_says_messages_are_not_kept_there() {
+    let m = Mesh::start(Db::Postgres).await;
+    let mut c = m.messages();
+    let err = c
+        .create_topic(pb::CreateTopicRequest {
+            topic: Some(pb::Topic {
+                name: "t".into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    expect_err(
+        err,
+        Code::FailedPrecondition,
+        "Kafka message log is not built yet",
+    );
+    let err = c.publish(msg("t", "", "", "{}")).await;
+    expect_err(err, Code::FailedPrecondition, "embedded");
+}
