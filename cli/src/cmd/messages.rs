@@ -363,7 +363,12 @@ pub async fn subscribe(
         group: args.group.clone(),
         start: Some(start(&args.from)?),
         replay: args.replay,
-        max_in_flight: args.max_in_flight,
+        // Credits beyond --count would be delivered, released unread and
+        // counted as deliveries.
+        max_in_flight: match (args.max_in_flight, args.count) {
+            (0, Some(n)) => n.clamp(1, 64) as u32,
+            (n, _) => n,
+        },
         ack_deadline_ms: args.ack_deadline_ms,
     };
     let mut stream = c.subscribe(req).await?.into_inner();

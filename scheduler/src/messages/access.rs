@@ -13,6 +13,28 @@ pub enum Use {
     Subscribe,
 }
 
+/// Groups of this prefix are triggers' (see [`super::TriggerRow::group`]).
+pub const TRIGGER_GROUPS: &str = "trigger.";
+
+/// Reading, acking or nacking as a trigger's group would decide what the
+/// trigger starts: only maintainers and admins may (to replay one).
+pub fn check_group(caller: &Caller, group: &str) -> Result<()> {
+    if group.starts_with(TRIGGER_GROUPS) && !manages(caller) {
+        return Err(Error::PermissionDenied(format!(
+            "group: {group} is a trigger's; only maintainers and admins may use it"
+        )));
+    }
+    Ok(())
+}
+
+/// Admins and maintainers, and mesh peers without a forwarded principal.
+pub fn manages(caller: &Caller) -> bool {
+    caller
+        .principal
+        .as_ref()
+        .is_none_or(|p| p.roles.intersects(Roles::ADMIN.or(Roles::MAINTAINER)))
+}
+
 pub fn check(caller: &Caller, t: &TopicRow, what: Use) -> Result<()> {
     // A user certificate without a forwarded principal is issued only to
     // maintainers and admins; mesh services act for the mesh itself.

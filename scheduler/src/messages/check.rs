@@ -22,6 +22,8 @@ pub const MAX_IN_FLIGHT: u32 = 1024;
 pub const DEFAULT_ACK_DEADLINE_MS: u32 = 30_000;
 /// Ack deadlines and nack delays: at most an hour.
 pub const MAX_WAIT_MS: u32 = 3_600_000;
+/// Shorter ack deadlines would expire before a consumer could ack.
+pub const MIN_ACK_DEADLINE_MS: u32 = 100;
 pub const MAX_ACK_IDS: usize = 1024;
 /// Message ids: short enough that a trigger's idempotency key holds one.
 pub const MAX_ID_CHARS: usize = 80;
@@ -142,6 +144,17 @@ pub fn bounded(field: &str, v: u32, default: u32, max: u32) -> Result<u32, Field
         v if v > max => Err(FieldError::new(field, format!("must be at most {max}"))),
         v => Ok(v),
     }
+}
+
+pub fn ack_deadline(ms: u32) -> Result<u32, FieldError> {
+    let ms = bounded("ack_deadline_ms", ms, DEFAULT_ACK_DEADLINE_MS, MAX_WAIT_MS)?;
+    if ms < MIN_ACK_DEADLINE_MS {
+        return Err(FieldError::new(
+            "ack_deadline_ms",
+            format!("must be at least {MIN_ACK_DEADLINE_MS}"),
+        ));
+    }
+    Ok(ms)
 }
 
 pub fn ack_ids(ids: &[String]) -> Result<(), FieldError> {

@@ -163,8 +163,14 @@ pub trait MessageLog: Send + Sync {
     async fn deliver(&self, topic: &TopicRow, lease: Lease<'_>, max: usize) -> Result<Vec<Stored>>;
     /// How many messages `holder` holds unacked.
     async fn held(&self, topic: &str, group: &str, holder: &str) -> Result<usize>;
-    /// When the group's next held message becomes deliverable again.
-    async fn next_redelivery(&self, topic: &str, group: &str) -> Result<Option<i64>>;
+    /// When the group's next held message becomes deliverable again; with
+    /// `holder`, the next of those it holds (which frees a credit).
+    async fn next_redelivery(
+        &self,
+        topic: &str,
+        group: &str,
+        holder: Option<&str>,
+    ) -> Result<Option<i64>>;
     /// Acks the ids the group holds; returns how many were held.
     async fn ack(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize>;
     /// Makes a held message deliverable again after `delay_ms`, or dead if

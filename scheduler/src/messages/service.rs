@@ -16,8 +16,8 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::access::{Use, check};
-use super::check::{self as input, DEFAULT_ACK_DEADLINE_MS, DEFAULT_IN_FLIGHT, MAX_BATCH};
+use super::access::{Use, check, check_group, manages};
+use super::check::{self as input, DEFAULT_IN_FLIGHT, MAX_BATCH};
 use super::{
     DeadRow, Lease, MessageLog, NewMessage, Placed, Stored, TopicRow, TriggerRow, triggers,
 };
@@ -159,6 +159,9 @@ impl Inner {
                 if room > 0 {
                     let batch = log.deliver(&t, lease, room).await?;
                     if !batch.is_empty() {
+                        // Other members sleeping past these deadlines
+                        // learn of them.
+                        wake.notify_waiters();
                         for m in batch {
                             let msg = to_pb(&t.name, m);
                             if tx
@@ -172,8 +175,11 @@ impl Inner {
                         continue;
                     }
                 }
-                // Sleep until the group's next held message may be due.
-                let wait = match log.next_redelivery(&t.name, &group).await? {
+                // Sleep until the next held message that this subscriber
+                // could take may be due: any of the group's while it has
+                // credits, else one of its own (which frees a credit).
+                let mine = (room == 0).then_some(holder.as_str());
+                let wait = match log.next_redelivery(&t.name, &group, mine).await? {
                     Some(at) => (at - now_ms()).clamp(5, 60_000),
                     None => 60_000,
                 };
@@ -368,13 +374,9 @@ impl Messages for MessagesService {
                 DEFAULT_IN_FLIGHT,
                 input::MAX_IN_FLIGHT,
             )?;
-            let deadline = input::bounded(
-                "ack_deadline_ms",
-                r.ack_deadline_ms,
-                DEFAULT_ACK_DEADLINE_MS,
-                input::MAX_WAIT_MS,
-            )?;
+            let deadline = input::ack_deadline(r.ack_deadline_ms)?;
             check(&who, &t, Use::Subscribe)?;
+            check_group(&who, &r.group)?;
             self.log()?.join(&t, &r.group, start, r.replay).await?;
             if r.replay {
                 // Other members of the group read from the new position now.
@@ -399,6 +401,7 @@ impl Messages for MessagesService {
                 input::name("group", &r.group)?;
                 input::ack_ids(&r.ids)?;
                 check(&who, &t, Use::Subscribe)?;
+                check_group(&who, &r.group)?;
                 self.log()?.ack(&t.name, &r.group, &r.ids).await?;
                 self.notify(&t.name).notify_waiters();
                 Ok(pb::AckResponse {})
@@ -428,6 +431,7 @@ impl Messages for MessagesService {
                 }
                 devcycle::validate::max_bytes("reason", &r.reason, 1024)?;
                 check(&who, &t, Use::Subscribe)?;
+                check_group(&who, &r.group)?;
                 let held = self
                     .log()?
                     .nack(&t, &r.group, &r.id, i64::from(r.delay_ms), &r.reason)
@@ -449,10 +453,13 @@ impl Messages for MessagesService {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let who = caller(&req)?;
         respond(
             async {
                 let r = req.get_ref();
                 let t = self.topic(&r.topic, "topic").await?;
+                // Dead letters carry payloads: only the topic's readers.
+                check(&who, &t, Use::Subscribe)?;
                 if !r.group.is_empty() {
                     input::name("group", &r.group)?;
                 }
@@ -462,7 +469,8 @@ impl Messages for MessagesService {
                     .log()?
                     .dead_letters(&t.name, &r.group, &after, size + 1)
                     .await?;
-                let next = devcycle::page::finish(&mut rows, size, |d| d.seq.to_string());
+                let next =
+                    devcycle::page::finish(&mut rows, size, |d| format!("{}/{}", d.seq, d.group));
                 Ok(pb::ListDeadLettersResponse {
                     dead_letters: rows.into_iter().map(|d| dead_pb(&t.name, d)).collect(),
                     next_page_token: next,
@@ -573,11 +581,7 @@ impl Messages for MessagesService {
                 devcycle::validate::dns_label("name", name)?;
                 let gone = || Error::NotFound(format!("name: trigger {name} does not exist"));
                 let t = self.log()?.get_trigger(name).await?.ok_or_else(gone)?;
-                let manager = who.principal.as_ref().is_none_or(|p| {
-                    p.roles
-                        .intersects(devcycle::authz::Roles::ADMIN.or(devcycle::authz::Roles::MAINTAINER))
-                });
-                if !manager && who.actor() != t.owner {
+                if !manages(&who) && who.actor() != t.owner {
                     return Err(Error::PermissionDenied(format!(
                         "trigger {name} belongs to {}; only its owner, maintainers and admins may delete it",
                         t.owner

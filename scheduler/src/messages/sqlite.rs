@@ -41,10 +41,13 @@ CREATE TABLE IF NOT EXISTS held (
   holder TEXT, visible_at INTEGER NOT NULL,
   PRIMARY KEY (topic, grp, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS held_visible ON held (topic, grp, visible_at);
+CREATE INDEX IF NOT EXISTS held_holder ON held (holder, visible_at) WHERE holder IS NOT NULL;
+CREATE INDEX IF NOT EXISTS held_seq ON held (topic, seq);
 CREATE TABLE IF NOT EXISTS dead (
   topic TEXT NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL, delivery INTEGER NOT NULL,
   reason TEXT NOT NULL, dead_time INTEGER NOT NULL,
   PRIMARY KEY (topic, grp, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_seq ON dead (topic, seq);
 CREATE TABLE IF NOT EXISTS triggers (
   name TEXT PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL, workflow TEXT NOT NULL,
   header_filter TEXT NOT NULL, payload_filter TEXT NOT NULL, inputs TEXT NOT NULL,
@@ -66,7 +69,15 @@ pub struct SqliteLog {
 
 impl SqliteLog {
     pub fn open(path: &Path) -> Result<Self> {
-        open(path)?.execute_batch(SCHEMA)?;
+        let conn = open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        // Holders are subscriber streams of this process: any left from a
+        // previous one are gone, and what they held is deliverable now.
+        conn.execute(
+            "UPDATE held SET holder = NULL, visible_at = MIN(visible_at, ?1) WHERE holder IS NOT NULL",
+            [now()],
+        )?;
+        drop(conn);
         Ok(Self {
             worker: Worker::spawn("messages-sqlite", path)?,
             next_unkeyed: AtomicU32::new(0),
@@ -182,6 +193,36 @@ fn bury(
     Ok(())
 }
 
+/// Up to `max` messages the group has not read, in publish order: each
+/// partition with a backlog is read from its cursor along its index, and
+/// the heads are merged, so a group far behind costs no more than one
+/// that is caught up.
+fn unread(tx: &Transaction<'_>, name: &str, group: &str, max: usize) -> Result<Vec<(i64, Stored)>> {
+    let behind: Vec<(u32, i64)> = all(
+        tx,
+        "SELECT c.part, c.next_offset FROM cursors c
+         JOIN partitions p ON p.topic = c.topic AND p.part = c.part
+         WHERE c.topic = ?1 AND c.grp = ?2 AND c.next_offset < p.next_offset",
+        params![name, group],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for (part, from) in behind {
+        out.extend(all(
+            tx,
+            &format!(
+                "SELECT m.seq, {MESSAGE_COLUMNS} FROM messages m
+                 WHERE m.topic = ?1 AND m.part = ?2 AND m.off >= ?3 ORDER BY m.off LIMIT ?4"
+            ),
+            params![name, part, from, max as i64],
+            |r| Ok((r.get(0)?, stored(r, 1, 1)?)),
+        )?);
+    }
+    out.sort_by_key(|(seq, _)| *seq);
+    out.truncate(max);
+    Ok(out)
+}
+
 /// Places `group`'s cursors where `start` says, if it is new or `replay`.
 fn join(tx: &Transaction<'_>, name: &str, group: &str, start: Start, replay: bool) -> Result<()> {
     let known: bool = tx
@@ -216,8 +257,16 @@ fn join(tx: &Transaction<'_>, name: &str, group: &str, start: Start, replay: boo
         .execute(params![name, group, part, from])?;
     }
     if replay {
-        tx.prepare_cached("DELETE FROM held WHERE topic = ?1 AND grp = ?2")?
-            .execute(params![name, group])?;
+        // What the replay delivers again is no longer held; what lies
+        // before the new position stays held, to be acked or redelivered.
+        tx.prepare_cached(
+            "DELETE FROM held WHERE topic = ?1 AND grp = ?2 AND seq IN (
+               SELECT h.seq FROM held h
+               JOIN messages m ON m.seq = h.seq
+               JOIN cursors c ON c.topic = h.topic AND c.grp = h.grp AND c.part = m.part
+               WHERE h.topic = ?1 AND h.grp = ?2 AND m.off >= c.next_offset)",
+        )?
+        .execute(params![name, group])?;
     }
     Ok(())
 }
@@ -398,17 +447,7 @@ impl MessageLog for SqliteLog {
             if room == 0 {
                 return Ok(out);
             }
-            let fresh: Vec<(i64, Stored)> = all(
-                tx,
-                &format!(
-                    "SELECT m.seq, {MESSAGE_COLUMNS} FROM messages m
-                     JOIN cursors c ON c.topic = m.topic AND c.part = m.part
-                     WHERE m.topic = ?1 AND c.grp = ?2 AND m.off >= c.next_offset
-                     ORDER BY m.seq LIMIT ?3"
-                ),
-                params![name, group, room as i64],
-                |r| Ok((r.get(0)?, stored(r, 1, 1)?)),
-            )?;
+            let fresh = unread(tx, &name, &group, room)?;
             for (seq, m) in fresh {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO held (topic, grp, seq, delivery, holder, visible_at)
@@ -434,7 +473,7 @@ impl MessageLog for SqliteLog {
                 let n: i64 = c
                     .prepare_cached(
                         "SELECT COUNT(*) FROM held
-                         WHERE topic = ?1 AND grp = ?2 AND holder = ?3 AND visible_at > ?4",
+                         WHERE holder = ?3 AND visible_at > ?4 AND topic = ?1 AND grp = ?2",
                     )?
                     .query_row(params![args.0, args.1, args.2, now()], |r| r.get(0))?;
                 Ok(n as usize)
@@ -442,14 +481,33 @@ impl MessageLog for SqliteLog {
             .await
     }
 
-    async fn next_redelivery(&self, topic: &str, group: &str) -> Result<Option<i64>> {
-        let args = (topic.to_owned(), group.to_owned());
+    async fn next_redelivery(
+        &self,
+        topic: &str,
+        group: &str,
+        holder: Option<&str>,
+    ) -> Result<Option<i64>> {
+        let args = (
+            topic.to_owned(),
+            group.to_owned(),
+            holder.map(str::to_owned),
+        );
         self.worker
             .run(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT MIN(visible_at) FROM held WHERE topic = ?1 AND grp = ?2",
-                )?
-                .query_row(params![args.0, args.1], |r| r.get(0))?)
+                let (topic, group, holder) = args;
+                Ok(match holder {
+                    None => c
+                        .prepare_cached(
+                            "SELECT MIN(visible_at) FROM held WHERE topic = ?1 AND grp = ?2",
+                        )?
+                        .query_row(params![topic, group], |r| r.get(0))?,
+                    Some(h) => c
+                        .prepare_cached(
+                            "SELECT MIN(visible_at) FROM held
+                             WHERE holder = ?3 AND topic = ?1 AND grp = ?2",
+                        )?
+                        .query_row(params![topic, group, h], |r| r.get(0))?,
+                })
             })
             .await
     }
@@ -538,14 +596,17 @@ impl MessageLog for SqliteLog {
         after: &str,
         limit: usize,
     ) -> Result<Vec<DeadRow>> {
-        let after: i64 = match after {
-            "" => 0,
-            s => s.parse().map_err(|_| {
-                Error::Invalid(devcycle::validate::FieldError::new(
-                    "page_token",
-                    "not a token from a previous response",
-                ))
-            })?,
+        let (after, after_group): (i64, String) = match after {
+            "" => (0, String::new()),
+            s => s
+                .split_once('/')
+                .and_then(|(seq, g)| Some((seq.parse().ok()?, g.to_owned())))
+                .ok_or_else(|| {
+                    Error::Invalid(devcycle::validate::FieldError::new(
+                        "page_token",
+                        "not a token from a previous response",
+                    ))
+                })?,
         };
         let (topic, group) = (topic.to_owned(), group.to_owned());
         self.worker
@@ -555,10 +616,11 @@ impl MessageLog for SqliteLog {
                     &format!(
                         "SELECT d.grp, d.reason, d.dead_time, d.delivery, d.seq, {MESSAGE_COLUMNS}
                          FROM dead d JOIN messages m ON m.seq = d.seq
-                         WHERE d.topic = ?1 AND (?2 = '' OR d.grp = ?2) AND d.seq > ?3
-                         ORDER BY d.seq LIMIT ?4"
+                         WHERE d.topic = ?1 AND (?2 = '' OR d.grp = ?2)
+                           AND (d.seq, d.grp) > (?3, ?5)
+                         ORDER BY d.seq, d.grp LIMIT ?4"
                     ),
-                    params![topic, group, after, limit as i64],
+                    params![topic, group, after, limit as i64, after_group],
                     |r| {
                         Ok(DeadRow {
                             group: r.get(0)?,

@@ -85,6 +85,15 @@ pub(super) async fn check(
         let v: Value = serde_json::from_str(text)
             .map_err(|e| FieldError::new(&f, format!("is not JSON: {e}")))?;
         for r in template::refs(&v).map_err(|e| FieldError::new(&f, e))? {
+            if let Ref::Message(path) = &r
+                && !message_path(path)
+            {
+                return Err(FieldError::new(
+                    &f,
+                    format!("{r}: a message has id, key, topic, headers.NAME and payload[.PATH]"),
+                )
+                .into());
+            }
             if !matches!(r, Ref::Message(_)) {
                 return Err(FieldError::new(
                     &f,
@@ -92,6 +101,15 @@ pub(super) async fn check(
                 )
                 .into());
             }
+        }
+    }
+    for i in &wf.inputs {
+        if i.required && i.default_value.is_empty() && !t.inputs.contains_key(&i.name) {
+            return Err(FieldError::new(
+                format!("trigger.inputs[{}]", i.name),
+                format!("workflow {} requires this input", t.workflow_name),
+            )
+            .into());
         }
     }
     let sorted = |m: &HashMap<String, String>| -> Vec<(String, String)> {
@@ -103,6 +121,16 @@ pub(super) async fn check(
         sorted(&t.payload_filter),
         sorted(&t.inputs),
     ))
+}
+
+/// Whether `${message.PATH}` names a part of every message.
+fn message_path(path: &[String]) -> bool {
+    match path.first().map(String::as_str) {
+        Some("id" | "key" | "topic") => path.len() == 1,
+        Some("headers") => path.len() == 2,
+        Some("payload") => true,
+        _ => false,
+    }
 }
 
 /// The message as templates and filters see it.
@@ -180,10 +208,11 @@ async fn fire(
         Err(
             e @ (Error::Invalid(_)
             | Error::NotFound(_)
-            | Error::FailedPrecondition(_)
             | Error::PermissionDenied(_)
             | Error::AlreadyExists(_)),
         ) => Err(Fail::Never(e.to_string())),
+        // Includes FAILED_PRECONDITION: an agent without a live version
+        // (mid-deploy) may have one on the next delivery.
         Err(e) => Err(Fail::Later(e.to_string())),
     }
 }

@@ -450,7 +450,7 @@ async fn bad_input_is_refused_naming_the_field() {
         Code::InvalidArgument,
         "messages[1].id",
     );
-    // All or nothing: the valid first message was not stored either.
+    // The whole batch is checked first: the valid message was not stored.
     let again = c
         .publish(msg("ok", "fine", "", "{}"))
         .await
@@ -555,4 +555,106 @@ async fn a_scheduler_on_postgresql_says_messages_are_not_kept_there() {
     );
     let err = c.publish(msg("t", "", "", "{}")).await;
     expect_err(err, Code::FailedPrecondition, "embedded");
+}
+
+#[tokio::test]
+async fn a_replay_keeps_held_what_lies_before_its_start() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let mut c = m.messages();
+    create(&mut c, "jobs", 0).await;
+    publish(&mut c, "jobs", "old").await;
+    let mut a = subscribe(&mut c, "jobs", "r", At::Earliest(true), 0, 0).await;
+    assert_eq!(next(&mut a).await.id, "old");
+    // Moved to the end, the group still holds "old": when its holder
+    // leaves, the group's other member gets it.
+    let mut b = c
+        .subscribe(pb::SubscribeRequest {
+            topic: "jobs".into(),
+            group: "r".into(),
+            start: Some(pb::StartPosition {
+                at: Some(At::Latest(true)),
+            }),
+            replay: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    drop(a);
+    let back = next(&mut b).await;
+    assert_eq!((back.id.as_str(), back.delivery), ("old", 2));
+}
+
+#[tokio::test]
+async fn nacked_messages_wait_their_delay_and_unacked_ones_die_at_the_limit() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let mut c = m.messages();
+    create(&mut c, "slow", 2).await;
+    let mut s = subscribe(&mut c, "slow", "g", At::Latest(true), 0, 1000).await;
+    publish(&mut c, "slow", "n").await;
+    assert_eq!(next(&mut s).await.delivery, 1);
+    c.nack(pb::NackRequest {
+        topic: "slow".into(),
+        group: "g".into(),
+        id: "n".into(),
+        delay_ms: 200,
+        reason: String::new(),
+    })
+    .await
+    .unwrap();
+    let again = next(&mut s).await;
+    assert_eq!((again.id.as_str(), again.delivery), ("n", 2));
+    // Never acked: after its second deadline it is dead, not delivered.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let dead = c
+            .list_dead_letters(pb::ListDeadLettersRequest {
+                topic: "slow".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(std::time::Instant::now() < end, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead[0].reason, "not acked after 2 deliveries");
+    assert_eq!(dead[0].group, "g");
+}
+
+#[tokio::test]
+async fn only_maintainers_use_a_triggers_group_and_readers_see_dead_letters() {
+    let m = Mesh::start(Db::Sqlite).await;
+    let mut owner = as_user(&m, "ana", "developer");
+    owner
+        .create_topic(pb::CreateTopicRequest {
+            topic: Some(pb::Topic {
+                name: "closed".into(),
+                subscribers: vec!["user/ana".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let sub = pb::SubscribeRequest {
+        topic: "closed".into(),
+        group: "trigger.x.1".into(),
+        ..Default::default()
+    };
+    expect_err(owner.subscribe(sub).await, Code::PermissionDenied, "group");
+    let list = pb::ListDeadLettersRequest {
+        topic: "closed".into(),
+        ..Default::default()
+    };
+    let mut eve = as_user(&m, "eve", "viewer");
+    expect_err(
+        eve.list_dead_letters(list.clone()).await,
+        Code::PermissionDenied,
+        "closed",
+    );
+    owner.list_dead_letters(list).await.unwrap();
 }

@@ -141,7 +141,7 @@ async fn a_message_delivered_twice_starts_one_run() {
     until(&mut c, "ci-on-push", |t| t.fired == 2).await;
     assert_eq!(runs_of(&m, "ci").await.len(), 2);
 
-    // Deleted, it starts nothing more.
+    // Deleted, it is gone.
     c.delete_trigger(pb::DeleteTriggerRequest {
         name: "ci-on-push".into(),
     })
@@ -232,6 +232,14 @@ async fn bad_triggers_are_refused_naming_the_field() {
     let mut bad = on_push("t");
     bad.inputs
         .insert("note".into(), "\"${inputs.note}\"".into());
+    expect_err(
+        c.create_trigger(create(bad)).await,
+        Code::InvalidArgument,
+        "trigger.inputs[note]",
+    );
+    let mut bad = on_push("t");
+    bad.inputs
+        .insert("note".into(), "\"${message.offset}\"".into());
     expect_err(
         c.create_trigger(create(bad)).await,
         Code::InvalidArgument,

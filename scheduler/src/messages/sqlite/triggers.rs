@@ -100,7 +100,8 @@ pub(super) fn delete(tx: &Transaction<'_>, name: &str, id: &str) -> Result<bool>
 pub(super) fn record(tx: &Transaction<'_>, name: &str, id: &str, o: &Outcome) -> Result<()> {
     match o {
         Outcome::Fired { run_id } => tx.execute(
-            "UPDATE triggers SET fired = fired + 1, last_run_id = ?3 WHERE name = ?1 AND id = ?2",
+            "UPDATE triggers SET fired = fired + 1, last_run_id = ?3, last_error = ''
+             WHERE name = ?1 AND id = ?2",
             params![name, id, run_id],
         )?,
         Outcome::Repeated => 0,
