@@ -8,7 +8,8 @@
 //! to `dead`. Nothing else removes a message from a group.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -17,7 +18,7 @@ use super::{
     DeadRow, Lease, MessageLog, NewMessage, Outcome, Placed, Start, Stored, TopicRow, TriggerRow,
 };
 use crate::error::{Error, Result};
-use crate::store::sqlite::conn::{Worker, all, first, open};
+use crate::store::sqlite::conn::{Worker, all, first, open, spawn_checkpointer};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS topics (
@@ -63,6 +64,8 @@ const MESSAGE_COLUMNS: &str = "m.id, m.part, m.off, m.key, m.payload, m.headers,
 
 pub struct SqliteLog {
     worker: Worker,
+    /// Stops the checkpoint thread.
+    stop: Arc<AtomicBool>,
     /// Partitions for messages without a key, in turn.
     next_unkeyed: AtomicU32,
 }
@@ -78,8 +81,16 @@ impl SqliteLog {
             [now()],
         )?;
         drop(conn);
+        // As for the scheduler's file: checkpoints on their own thread, so
+        // that no commit pays for one.
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_checkpointer(path, Arc::clone(&stop))?;
+        let worker = Worker::spawn_with("messages-sqlite", path, |c| {
+            Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?)
+        })?;
         Ok(Self {
-            worker: Worker::spawn("messages-sqlite", path)?,
+            worker,
+            stop,
             next_unkeyed: AtomicU32::new(0),
         })
     }
@@ -97,6 +108,12 @@ impl SqliteLog {
                 Ok(out)
             })
             .await
+    }
+}
+
+impl Drop for SqliteLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -20,7 +20,17 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn spawn(name: &str, path: &Path) -> Result<Self> {
+        Self::spawn_with(name, path, |_| Ok(()))
+    }
+
+    /// [`Self::spawn`], with `setup` run on the connection first.
+    pub(crate) fn spawn_with(
+        name: &str,
+        path: &Path,
+        setup: impl FnOnce(&Connection) -> Result<()>,
+    ) -> Result<Self> {
         let mut conn = open(path)?;
+        setup(&conn)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()
             .name(name.to_owned())
@@ -59,7 +69,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
 
 /// Moves WAL pages into the database every half second, so that the WAL
 /// stays small and no commit has to.
-pub(super) fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
+pub(crate) fn spawn_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let conn = open(path)?;
     std::thread::Builder::new()
         .name("sched-sqlite-checkpoint".into())
