@@ -42,6 +42,26 @@ pub fn inline(tasks: Vec<pb::TaskSpec>) -> pb::SubmitRunRequest {
     }
 }
 
+/// Every event of a finished run, in order.
+pub async fn all_events(
+    c: &mut devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient<
+        tonic::transport::Channel,
+    >,
+    run_id: &str,
+) -> Vec<pb::RunEvent> {
+    use tokio_stream::StreamExt;
+    c.watch_run(pb::WatchRunRequest {
+        run_id: run_id.into(),
+        after_sequence: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .map(|e| e.unwrap().event.unwrap())
+    .collect()
+    .await
+}
+
 #[test]
 fn every_scheduler_method_has_a_policy_entry() {
     let policy = devcycle_scheduler::policy();

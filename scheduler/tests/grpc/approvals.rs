@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::testkit::expect_err;
-use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -133,17 +132,7 @@ async fn an_approved_gate_lets_the_run_go_on() {
     expect_err(again, Code::FailedPrecondition, "not waiting for approval");
 
     // The run's events say it waited, and who approved.
-    let events: Vec<pb::RunEvent> = c
-        .watch_run(pb::WatchRunRequest {
-            run_id: run.id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|e| e.unwrap().event.unwrap())
-        .collect()
-        .await;
+    let events: Vec<pb::RunEvent> = crate::all_events(&mut c, &run.id).await;
     let waited = events
         .iter()
         .any(|e| e.kind == pb::RunEventKind::TaskWaiting as i32 && e.task_id == g.id);

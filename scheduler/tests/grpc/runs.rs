@@ -190,17 +190,7 @@ async fn always_failing_task_retries_then_dead_letters() {
         "ran exactly max_attempts times"
     );
     // The delays grew: each TASK_FAILED names its delay.
-    let events: Vec<pb::RunEvent> = c
-        .watch_run(pb::WatchRunRequest {
-            run_id: run.id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|e| e.unwrap().event.unwrap())
-        .collect()
-        .await;
+    let events: Vec<pb::RunEvent> = crate::all_events(&mut c, &run.id).await;
     let delays: Vec<i64> = events
         .iter()
         .filter(|e| e.kind == pb::RunEventKind::TaskFailed as i32)
