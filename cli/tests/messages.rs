@@ -179,5 +179,33 @@ fn topics_publish_subscribe_and_triggers_from_the_cli() {
     };
     let run = json(&["run", "get", trigger["last_run_id"].as_str().unwrap()]);
     assert_eq!(run["workflow"], "on-build", "{run}");
+    drop(ok);
+    drop(json);
+    drop(fails);
+
+    // After a restart the trigger still runs.
+    drop(mesh);
+    let mesh = up(data.path(), &[]);
+    let login = ["login", "--username", "admin", "--password-stdin"];
+    let (success, _, err) = cli_in(data.path(), &mesh.addr, &login, "messages admin password\n");
+    assert!(success, "{err}");
+    let ok = |args: &[&str]| {
+        let (success, out, err) = cli(data.path(), &mesh.addr, args);
+        assert!(success, "devcycle {args:?} failed: {err}");
+        out
+    };
+    ok(&["publish", "builds", r#"{"n": 3}"#, "--header", "event=push"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t: Value = serde_json::from_str(&ok(&["--json", "trigger", "list"])).unwrap();
+        if t[0]["fired"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trigger never fired again: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(ok(&["trigger", "delete", "on-push"]).contains("deleted"));
 }

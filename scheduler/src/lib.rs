@@ -131,7 +131,8 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     // An outbox and its relay only for a bus that leaves the process.
     let relayed = opts.bus.external();
     let topic = outbox::topic(&opts.topic_prefix);
-    let mut log: Option<Arc<dyn messages::MessageLog>> = None;
+    let mut opener: Option<messages::service::Opener> = None;
+    let mut open_now = false;
     let (store, pg): (Arc<dyn store::SchedulerStore>, _) = match &opts.db {
         Database::Postgres(pool) => (
             Arc::new(store::pg::PgStore::new(
@@ -145,7 +146,11 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
             let path = pool.connect_options().get_filename().to_owned();
             // The message log sits next to the scheduler's database.
             let file = path.with_file_name("messages.db");
-            log = Some(Arc::new(messages::sqlite::SqliteLog::open(&file)?));
+            open_now = file.exists();
+            opener = Some(Box::new(move || {
+                Ok(Arc::new(messages::sqlite::SqliteLog::open(&file)?)
+                    as Arc<dyn messages::MessageLog>)
+            }));
             (
                 Arc::new(store::sqlite::SqliteStore::open(path, relayed)?),
                 None,
@@ -204,14 +209,12 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     });
     tokio::spawn(service::run_ticker(Arc::clone(&svc), shutdown.clone()));
     let messages =
-        messages::service::MessagesService::new(log.clone(), Arc::clone(&svc), shutdown.clone());
-    messages.run_triggers(shutdown.clone());
-    if let Some(log) = &log {
-        tokio::spawn(messages::service::run_retention(
-            Arc::clone(log),
-            shutdown.clone(),
-        ));
+        messages::service::MessagesService::new(opener, Arc::clone(&svc), shutdown.clone());
+    // A log that exists may hold triggers: open it now to run them.
+    if open_now {
+        messages.open().await?;
     }
+    messages.run(shutdown.clone());
     let routes = tonic::service::Routes::new(
         SchedulerServer::from_arc(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
     )

@@ -60,8 +60,14 @@ impl std::ops::Deref for MessagesService {
     }
 }
 
+/// Opens the message log: on first use, so that a mesh without topics
+/// pays nothing for them.
+pub type Opener = Box<dyn Fn() -> Result<Arc<dyn MessageLog>> + Send + Sync>;
+
 pub struct Inner {
-    log: Option<Arc<dyn MessageLog>>,
+    /// `None` where no message log is configured: every call then says so.
+    opener: Option<Opener>,
+    log: tokio::sync::OnceCell<Arc<dyn MessageLog>>,
     /// Where triggers start runs.
     runs: Arc<SchedulerService>,
     /// Wakes the trigger readers' keeper when a trigger is created or deleted.
@@ -72,15 +78,14 @@ pub struct Inner {
 }
 
 impl MessagesService {
-    /// `log` is `None` where no message log is configured: every call then
-    /// says so.
     pub fn new(
-        log: Option<Arc<dyn MessageLog>>,
+        opener: Option<Opener>,
         runs: Arc<SchedulerService>,
         shutdown: CancellationToken,
     ) -> Self {
         Self(Arc::new(Inner {
-            log,
+            opener,
+            log: Default::default(),
             runs,
             triggers_changed: Notify::new(),
             wake: Mutex::default(),
@@ -88,22 +93,39 @@ impl MessagesService {
         }))
     }
 
-    /// Runs the stored triggers until `stop`.
-    pub fn run_triggers(&self, stop: CancellationToken) {
+    /// Opens the log now.
+    pub async fn open(&self) -> Result<()> {
+        self.0.log().await.map(|_| ())
+    }
+
+    /// Runs the stored triggers, and drops expired messages once a minute,
+    /// until `stop`.
+    pub fn run(&self, stop: CancellationToken) {
         let runs = Arc::clone(&self.0.runs);
-        tokio::spawn(Arc::clone(&self.0).run_triggers(runs, stop));
+        tokio::spawn(Arc::clone(&self.0).run_triggers(runs, stop.clone()));
+        tokio::spawn(run_retention(Arc::clone(&self.0), stop));
     }
 }
 
 impl Inner {
-    pub(super) fn log(&self) -> Result<&Arc<dyn MessageLog>> {
-        self.log.as_ref().ok_or_else(|| {
-            Error::FailedPrecondition(
+    pub(super) async fn log(&self) -> Result<&Arc<dyn MessageLog>> {
+        let Some(open) = &self.opener else {
+            return Err(Error::FailedPrecondition(
                 "messages are kept only by the embedded (SQLite) scheduler so far; \
                  this scheduler runs on PostgreSQL, where the Kafka message log is not built yet"
                     .into(),
-            )
-        })
+            ));
+        };
+        self.log.get_or_try_init(|| async { open() }).await
+    }
+
+    pub(super) fn opener_absent(&self) -> bool {
+        self.opener.is_none()
+    }
+
+    /// The log if it is open.
+    pub(super) fn opened(&self) -> Option<&Arc<dyn MessageLog>> {
+        self.log.get()
     }
 
     pub(super) fn notify(&self, topic: &str) -> Arc<Notify> {
@@ -112,7 +134,8 @@ impl Inner {
 
     async fn topic(&self, name: &str, field: &str) -> Result<TopicRow> {
         input::name(field, name)?;
-        self.log()?
+        self.log()
+            .await?
             .get_topic(name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("{field}: topic {name} does not exist")))
@@ -127,7 +150,7 @@ impl Inner {
         let t = self.topic(topic, "topic").await?;
         check(caller, &t, Use::Publish)?;
         let ids: Vec<String> = msgs.iter().map(|m| m.id.clone()).collect();
-        let placed = self.log()?.publish(&t, msgs).await?;
+        let placed = self.log().await?.publish(&t, msgs).await?;
         self.notify(topic).notify_waiters();
         Ok(ids.into_iter().zip(placed).map(response).collect())
     }
@@ -143,7 +166,9 @@ impl Inner {
         tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
     ) {
         let holder = uuid::Uuid::new_v4().simple().to_string();
-        let Ok(log) = self.log().cloned() else { return };
+        let Ok(log) = self.log().await.cloned() else {
+            return;
+        };
         let wake = self.notify(&t.name);
         let lease = Lease {
             group: &group,
@@ -275,7 +300,7 @@ impl Messages for MessagesService {
                     subscribers: t.subscribers,
                     create_time: now_ms(),
                 };
-                let row = self.log()?.create_topic(row).await?;
+                let row = self.log().await?.create_topic(row).await?;
                 Ok(pb::CreateTopicResponse {
                     topic: Some(topic_pb(row)),
                 })
@@ -293,7 +318,7 @@ impl Messages for MessagesService {
                 let r = req.get_ref();
                 let size = devcycle::page::page_size(r.page_size)?;
                 let after = devcycle::page::decode_token(&r.page_token)?.unwrap_or_default();
-                let mut rows = self.log()?.list_topics(&after, size + 1).await?;
+                let mut rows = self.log().await?.list_topics(&after, size + 1).await?;
                 let next = devcycle::page::finish(&mut rows, size, |t| t.name.clone());
                 Ok(pb::ListTopicsResponse {
                     topics: rows.into_iter().map(topic_pb).collect(),
@@ -377,7 +402,10 @@ impl Messages for MessagesService {
             let deadline = input::ack_deadline(r.ack_deadline_ms)?;
             check(&who, &t, Use::Subscribe)?;
             check_group(&who, &r.group)?;
-            self.log()?.join(&t, &r.group, start, r.replay).await?;
+            self.log()
+                .await?
+                .join(&t, &r.group, start, r.replay)
+                .await?;
             if r.replay {
                 // Other members of the group read from the new position now.
                 self.notify(&t.name).notify_waiters();
@@ -402,7 +430,7 @@ impl Messages for MessagesService {
                 input::ack_ids(&r.ids)?;
                 check(&who, &t, Use::Subscribe)?;
                 check_group(&who, &r.group)?;
-                self.log()?.ack(&t.name, &r.group, &r.ids).await?;
+                self.log().await?.ack(&t.name, &r.group, &r.ids).await?;
                 self.notify(&t.name).notify_waiters();
                 Ok(pb::AckResponse {})
             }
@@ -433,7 +461,8 @@ impl Messages for MessagesService {
                 check(&who, &t, Use::Subscribe)?;
                 check_group(&who, &r.group)?;
                 let held = self
-                    .log()?
+                    .log()
+                    .await?
                     .nack(&t, &r.group, &r.id, i64::from(r.delay_ms), &r.reason)
                     .await?;
                 if !held {
@@ -466,7 +495,8 @@ impl Messages for MessagesService {
                 let size = devcycle::page::page_size(r.page_size)?;
                 let after = devcycle::page::decode_token(&r.page_token)?.unwrap_or_default();
                 let mut rows = self
-                    .log()?
+                    .log()
+                    .await?
                     .dead_letters(&t.name, &r.group, &after, size + 1)
                     .await?;
                 let next =
@@ -493,7 +523,7 @@ impl Messages for MessagesService {
                 input::ack_ids(std::slice::from_ref(&r.id))
                     .map_err(|e| FieldError::new("id", e.reason))?;
                 check(&who, &t, Use::Subscribe)?;
-                if !self.log()?.requeue(&t.name, &r.group, &r.id).await? {
+                if !self.log().await?.requeue(&t.name, &r.group, &r.id).await? {
                     return Err(Error::NotFound(format!(
                         "id: message {} is not a dead letter of group {}",
                         r.id, r.group
@@ -534,7 +564,7 @@ impl Messages for MessagesService {
                     last_run_id: String::new(),
                     last_error: String::new(),
                 };
-                let row = self.log()?.create_trigger(row).await?;
+                let row = self.log().await?.create_trigger(row).await?;
                 self.triggers_changed.notify_one();
                 Ok(pb::CreateTriggerResponse {
                     trigger: Some(trigger_pb(row)),
@@ -557,7 +587,8 @@ impl Messages for MessagesService {
                 let size = devcycle::page::page_size(r.page_size)?;
                 let after = devcycle::page::decode_token(&r.page_token)?.unwrap_or_default();
                 let mut rows = self
-                    .log()?
+                    .log()
+                    .await?
                     .list_triggers(&r.topic, &after, size + 1)
                     .await?;
                 let next = devcycle::page::finish(&mut rows, size, |t| t.name.clone());
@@ -580,14 +611,14 @@ impl Messages for MessagesService {
                 let name = &req.get_ref().name;
                 devcycle::validate::dns_label("name", name)?;
                 let gone = || Error::NotFound(format!("name: trigger {name} does not exist"));
-                let t = self.log()?.get_trigger(name).await?.ok_or_else(gone)?;
+                let t = self.log().await?.get_trigger(name).await?.ok_or_else(gone)?;
                 if !manages(&who) && who.actor() != t.owner {
                     return Err(Error::PermissionDenied(format!(
                         "trigger {name} belongs to {}; only its owner, maintainers and admins may delete it",
                         t.owner
                     )));
                 }
-                if !self.log()?.delete_trigger(name, &t.id).await? {
+                if !self.log().await?.delete_trigger(name, &t.id).await? {
                     return Err(gone());
                 }
                 self.triggers_changed.notify_one();
@@ -618,12 +649,13 @@ fn trigger_pb(t: TriggerRow) -> pb::Trigger {
 }
 
 /// Drops expired messages every minute.
-pub async fn run_retention(log: Arc<dyn MessageLog>, stop: CancellationToken) {
+async fn run_retention(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
+        let Some(log) = inner.opened() else { continue };
         match log.expire(now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(expired = n, "messages past their retention dropped"),

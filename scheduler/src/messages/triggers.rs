@@ -225,12 +225,20 @@ impl Inner {
         runs: Arc<SchedulerService>,
         stop: CancellationToken,
     ) {
-        let Ok(log) = self.log().cloned() else {
+        if self.opener_absent() {
             return;
-        };
+        }
         let mut running: HashMap<String, (String, CancellationToken)> = HashMap::new();
         loop {
             let changed = self.triggers_changed.notified();
+            // Until the log is open there are no triggers: creating one
+            // opens it and wakes this loop.
+            let Some(log) = self.opened().cloned() else {
+                tokio::select! {
+                    _ = changed => continue,
+                    _ = stop.cancelled() => return,
+                }
+            };
             match all_triggers(&*log).await {
                 Ok(list) => {
                     let ids: HashMap<&str, &str> = list
