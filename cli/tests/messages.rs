@@ -179,9 +179,6 @@ fn topics_publish_subscribe_and_triggers_from_the_cli() {
     };
     let run = json(&["run", "get", trigger["last_run_id"].as_str().unwrap()]);
     assert_eq!(run["workflow"], "on-build", "{run}");
-    drop(ok);
-    drop(json);
-    drop(fails);
 
     // After a restart the trigger still runs.
     drop(mesh);
