@@ -147,6 +147,7 @@ async fn main() {
             registry: "127.0.0.1:9".into(),
             bus: Arc::new(devcycle::bus::InProcessBus::default()),
             topic_prefix: "devcycle".into(),
+            kafka_brokers: String::new(),
             heartbeat_interval: Duration::from_secs(5),
         },
         stop.clone(),

@@ -93,6 +93,9 @@ pub struct Options {
     pub registry: String,
     pub bus: Arc<dyn EventBus>,
     pub topic_prefix: String,
+    /// Where messages live when the database is PostgreSQL; empty: nowhere
+    /// (the `Messages` calls say so).
+    pub kafka_brokers: String,
     pub heartbeat_interval: Duration,
 }
 
@@ -111,6 +114,7 @@ impl Options {
             registry: config.scheduler.registry.clone(),
             bus,
             topic_prefix: config.kafka.topic_prefix.clone(),
+            kafka_brokers: config.kafka.brokers.clone(),
             heartbeat_interval: config.scheduler.heartbeat_interval,
         })
     }
@@ -134,20 +138,39 @@ pub async fn start(opts: Options, shutdown: CancellationToken) -> anyhow::Result
     let mut opener: Option<messages::service::Opener> = None;
     let mut open_now = false;
     let (store, pg): (Arc<dyn store::SchedulerStore>, _) = match &opts.db {
-        Database::Postgres(pool) => (
-            Arc::new(store::pg::PgStore::new(
-                pool.clone(),
-                instance.clone(),
-                relayed,
-            )),
-            Some(pool.clone()),
-        ),
+        Database::Postgres(pool) => {
+            if !opts.kafka_brokers.is_empty() {
+                let (pool, brokers, prefix) = (
+                    pool.clone(),
+                    opts.kafka_brokers.clone(),
+                    opts.topic_prefix.clone(),
+                );
+                // Triggers may be stored: open now to run them.
+                open_now = true;
+                opener = Some(Box::new(move |wakes| {
+                    Ok(Arc::new(messages::kafka::KafkaLog::new(
+                        pool.clone(),
+                        &brokers,
+                        &prefix,
+                        wakes,
+                    )?) as Arc<dyn messages::MessageLog>)
+                }));
+            }
+            (
+                Arc::new(store::pg::PgStore::new(
+                    pool.clone(),
+                    instance.clone(),
+                    relayed,
+                )),
+                Some(pool.clone()),
+            )
+        }
         Database::Sqlite(pool) => {
             let path = pool.connect_options().get_filename().to_owned();
             // The message log sits next to the scheduler's database.
             let file = path.with_file_name("messages.db");
             open_now = file.exists();
-            opener = Some(Box::new(move || {
+            opener = Some(Box::new(move |_| {
                 Ok(Arc::new(messages::sqlite::SqliteLog::open(&file)?)
                     as Arc<dyn messages::MessageLog>)
             }));

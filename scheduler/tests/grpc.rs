@@ -2,6 +2,24 @@
 
 mod common;
 
+/// Runs each named `async fn(Db)` on the embedded log and on the Kafka
+/// log: one conformance suite for both (`<case>::sqlite`, `<case>::kafka`).
+#[macro_export]
+macro_rules! on_both_logs {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case($crate::common::mesh::Db::Sqlite).await
+            }
+            #[tokio::test]
+            async fn kafka() {
+                super::$case($crate::common::mesh::Db::Kafka).await
+            }
+        }
+    )*};
+}
+
 /// The cases, by area.
 mod grpc {
     pub mod approvals;

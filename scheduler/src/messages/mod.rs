@@ -12,9 +12,15 @@ use crate::error::Result;
 
 mod access;
 mod check;
+pub mod kafka;
 pub mod service;
 pub mod sqlite;
 mod triggers;
+
+/// Where a log finds the wake-up of a topic's subscribers: a log that
+/// learns of messages on its own (another scheduler published them) wakes
+/// them.
+pub type Wakes = std::sync::Arc<dyn Fn(&str) -> std::sync::Arc<tokio::sync::Notify> + Send + Sync>;
 
 /// A topic as stored. Times are ms since the epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]

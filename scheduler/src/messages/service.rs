@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use super::access::{Use, check, check_group, manages};
 use super::check::{self as input, DEFAULT_IN_FLIGHT, MAX_BATCH};
 use super::{
-    DeadRow, Lease, MessageLog, NewMessage, Placed, Stored, TopicRow, TriggerRow, triggers,
+    DeadRow, Lease, MessageLog, NewMessage, Placed, Stored, TopicRow, TriggerRow, Wakes, triggers,
 };
 use crate::error::{Error, Result, respond};
 use crate::service::SchedulerService;
@@ -62,7 +62,7 @@ impl std::ops::Deref for MessagesService {
 
 /// Opens the message log: on first use, so that a mesh without topics
 /// pays nothing for them.
-pub type Opener = Box<dyn Fn() -> Result<Arc<dyn MessageLog>> + Send + Sync>;
+pub type Opener = Box<dyn Fn(Wakes) -> Result<Arc<dyn MessageLog>> + Send + Sync>;
 
 pub struct Inner {
     /// `None` where no message log is configured: every call then says so.
@@ -73,7 +73,7 @@ pub struct Inner {
     /// Wakes the trigger readers' keeper when a trigger is created or deleted.
     pub(super) triggers_changed: Notify,
     /// Woken when a topic gets messages or a group's held set changes.
-    wake: Mutex<HashMap<String, Arc<Notify>>>,
+    wake: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     shutdown: CancellationToken,
 }
 
@@ -88,7 +88,7 @@ impl MessagesService {
             log: Default::default(),
             runs,
             triggers_changed: Notify::new(),
-            wake: Mutex::default(),
+            wake: Arc::default(),
             shutdown,
         }))
     }
@@ -111,12 +111,16 @@ impl Inner {
     pub(super) async fn log(&self) -> Result<&Arc<dyn MessageLog>> {
         let Some(open) = &self.opener else {
             return Err(Error::FailedPrecondition(
-                "messages are kept only by the embedded (SQLite) scheduler so far; \
-                 this scheduler runs on PostgreSQL, where the Kafka message log is not built yet"
+                "this scheduler runs on PostgreSQL without Kafka, where its messages live: \
+                 configure kafka.brokers to use topics"
                     .into(),
             ));
         };
-        self.log.get_or_try_init(|| async { open() }).await
+        let wake = Arc::clone(&self.wake);
+        let wakes: Wakes = Arc::new(move |topic: &str| {
+            Arc::clone(wake.lock().entry(topic.to_owned()).or_default())
+        });
+        self.log.get_or_try_init(|| async { open(wakes) }).await
     }
 
     pub(super) fn opener_absent(&self) -> bool {

@@ -26,6 +26,8 @@ pub struct Mesh {
     pub scheduler: String,
     /// The scheduler's database, for more schedulers on it.
     pub db_url: String,
+    /// Brokers and topic prefix of the message log (`Db::Kafka`).
+    pub kafka: (String, String),
     pub stop: CancellationToken,
     pub scheduler_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dirs: Vec<tempfile::TempDir>,
@@ -40,6 +42,9 @@ impl Drop for Mesh {
 pub enum Db {
     Sqlite,
     Postgres,
+    /// PostgreSQL, with messages in Kafka (tansu in tests) under a prefix
+    /// of the mesh's own.
+    Kafka,
 }
 
 impl Mesh {
@@ -76,14 +81,24 @@ impl Mesh {
                 dirs.push(d);
                 url
             }
-            Db::Postgres => devcycle::testkit::fresh_postgres().await,
+            Db::Postgres | Db::Kafka => devcycle::testkit::fresh_postgres().await,
         };
-        let sched = start_scheduler(&pki, &url, &registry.addr.to_string(), bus, &stop).await;
+        let kafka = match db {
+            Db::Kafka => (
+                std::env::var("DEVCYCLE_TEST_KAFKA_BROKERS")
+                    .unwrap_or_else(|_| "127.0.0.1:9092".into()),
+                format!("t{}", uuid::Uuid::new_v4().simple()),
+            ),
+            _ => (String::new(), "devcycle".into()),
+        };
+        let sched =
+            start_scheduler(&pki, &url, &registry.addr.to_string(), bus, &kafka, &stop).await;
         let mesh = Self {
             pki,
             registry: registry.addr.to_string(),
             scheduler: sched.addr.to_string(),
             db_url: url,
+            kafka,
             stop,
             scheduler_task: Some(sched.task),
             _dirs: dirs,
@@ -133,7 +148,15 @@ impl Mesh {
     /// Another scheduler on the same database (a replica); its address.
     pub async fn replica(&self) -> String {
         let bus = Arc::new(devcycle::bus::InProcessBus::default());
-        let r = start_scheduler(&self.pki, &self.db_url, &self.registry, bus, &self.stop).await;
+        let r = start_scheduler(
+            &self.pki,
+            &self.db_url,
+            &self.registry,
+            bus,
+            &self.kafka,
+            &self.stop,
+        )
+        .await;
         r.addr.to_string()
     }
 
@@ -233,6 +256,7 @@ async fn start_scheduler(
     url: &str,
     registry: &str,
     bus: Arc<dyn devcycle::bus::EventBus>,
+    (brokers, prefix): &(String, String),
     stop: &CancellationToken,
 ) -> devcycle_scheduler::Running {
     devcycle_scheduler::start(
@@ -247,7 +271,8 @@ async fn start_scheduler(
             db: Database::open(url).await.unwrap(),
             registry: registry.to_owned(),
             bus,
-            topic_prefix: "devcycle".into(),
+            topic_prefix: prefix.clone(),
+            kafka_brokers: brokers.clone(),
             heartbeat_interval: Duration::from_millis(200),
         },
         stop.clone(),

@@ -91,9 +91,8 @@ async fn runs_of(m: &Mesh, workflow: &str) -> Vec<spb::Run> {
         .runs
 }
 
-#[tokio::test]
-async fn a_message_delivered_twice_starts_one_run() {
-    let m = Mesh::start(Db::Sqlite).await;
+async fn a_message_delivered_twice_starts_one_run(db: Db) {
+    let m = Mesh::start(db).await;
     let mut c = setup(&m).await;
     let t = c
         .create_trigger(pb::CreateTriggerRequest {
@@ -155,9 +154,8 @@ async fn a_message_delivered_twice_starts_one_run() {
     expect_err(gone, Code::NotFound, "ci-on-push");
 }
 
-#[tokio::test]
-async fn a_message_that_cannot_start_a_run_is_a_dead_letter_with_the_reason() {
-    let m = Mesh::start(Db::Sqlite).await;
+async fn a_message_that_cannot_start_a_run_is_a_dead_letter_with_the_reason(db: Db) {
+    let m = Mesh::start(db).await;
     let mut c = setup(&m).await;
     let t = c
         .create_trigger(pb::CreateTriggerRequest {
@@ -196,9 +194,8 @@ async fn a_message_that_cannot_start_a_run_is_a_dead_letter_with_the_reason() {
     assert!(runs_of(&m, "ci").await.is_empty());
 }
 
-#[tokio::test]
-async fn bad_triggers_are_refused_naming_the_field() {
-    let m = Mesh::start(Db::Sqlite).await;
+async fn bad_triggers_are_refused_naming_the_field(db: Db) {
+    let m = Mesh::start(db).await;
     let mut c = setup(&m).await;
     let create = |t: pb::Trigger| pb::CreateTriggerRequest { trigger: Some(t) };
     let mut bad = on_push("t");
@@ -273,3 +270,9 @@ async fn bad_triggers_are_refused_naming_the_field() {
         "trigger.name",
     );
 }
+
+crate::on_both_logs!(
+    a_message_delivered_twice_starts_one_run,
+    a_message_that_cannot_start_a_run_is_a_dead_letter_with_the_reason,
+    bad_triggers_are_refused_naming_the_field,
+);
