@@ -237,3 +237,117 @@ async fn a_stalled_broker_keeps_each_runs_order() {
         assert_eq!(seqs, &[1, 2, 3, 4], "run {run}: each event once, in order");
     }
 }
+
+/// Kafka stops for 30 s in the middle of a stream of messages, then
+/// resumes: every message published reaches the group, publishes that
+/// failed during the stop were retried with their ids and stored once.
+/// The broker is stopped with SIGSTOP: the only broker here keeps its log
+/// in memory, so a killed one would come back empty, which no log survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_survive_kafka_stopped_for_30_seconds() {
+    use devcycle::proto::messages::v1 as mpb;
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let broker = start_broker(port);
+    let m = Mesh::start_on_kafka(&brokers).await;
+    let mut c = m.messages();
+    c.create_topic(mpb::CreateTopicRequest {
+        topic: Some(mpb::Topic {
+            name: "stream".into(),
+            partitions: 3,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let mut s = c
+        .subscribe(mpb::SubscribeRequest {
+            topic: "stream".into(),
+            group: "g".into(),
+            start: Some(mpb::StartPosition {
+                at: Some(mpb::start_position::At::Earliest(true)),
+            }),
+            max_in_flight: 64,
+            ack_deadline_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    const N: usize = 300;
+    let publisher = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..N {
+                loop {
+                    let r = c
+                        .publish(mpb::PublishRequest {
+                            topic: "stream".into(),
+                            id: format!("m{i}"),
+                            payload: i.to_string().into_bytes(),
+                            ..Default::default()
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => break,
+                        Err(e) if e.code() == tonic::Code::Unavailable => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("publish m{i}: {e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failed
+        })
+    };
+    let pid = broker.child.id().to_string();
+    let signal = move |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut resumed = None;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while seen.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} messages arrived",
+            seen.len()
+        );
+        if seen.len() >= 100 && resumed.is_none() {
+            signal("-STOP");
+            let signal = signal.clone();
+            resumed = Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                signal("-CONT");
+            }));
+        }
+        let Ok(got) = tokio::time::timeout(Duration::from_secs(5), s.message()).await else {
+            continue;
+        };
+        let got = got.unwrap().expect("the stream is open").message.unwrap();
+        *seen.entry(got.id.clone()).or_default() += 1;
+        c.ack(mpb::AckRequest {
+            topic: "stream".into(),
+            group: "g".into(),
+            ids: vec![got.id],
+        })
+        .await
+        .unwrap();
+    }
+    resumed.expect("the broker was stopped").await.unwrap();
+    let failed = publisher.await.unwrap();
+    assert!((0..N).all(|i| seen.contains_key(&format!("m{i}"))));
+    let again: u32 = seen.values().map(|n| n - 1).sum();
+    assert_eq!(again, 0, "acked messages are not delivered again");
+    assert!(failed > 0, "publishing met the stop");
+    eprintln!("{N} messages, {failed} publishes retried during the stop, {again} redelivered");
+}

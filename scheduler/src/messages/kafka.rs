@@ -26,7 +26,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::PgPool;
 
 use self::reader::{ID_HEADER, Reader};
@@ -46,7 +46,9 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct KafkaLog {
     pool: PgPool,
     prefix: String,
-    producer: FutureProducer,
+    /// Replaced when it fails for good (a fatal idempotence error).
+    producer: Mutex<FutureProducer>,
+    producer_config: ClientConfig,
     admin: AdminClient<DefaultClientContext>,
     /// For watermarks.
     meta: Arc<BaseConsumer>,
@@ -66,12 +68,15 @@ impl KafkaLog {
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", brokers)
             .set("socket.keepalive.enable", "true");
-        let producer = base
-            .clone()
+        let mut producer_config = base.clone();
+        producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // A publish waits this long for Kafka, then fails UNAVAILABLE;
+            // its retry (same ids) is not stored twice.
             .set("message.timeout.ms", "10000")
-            .set("queue.buffering.max.ms", "1")
+            .set("queue.buffering.max.ms", "1");
+        let producer = producer_config
             .create()
             .map_err(|e| unavailable("producer", e))?;
         let mut consumer_config = base.clone();
@@ -90,7 +95,8 @@ impl KafkaLog {
         Ok(Self {
             pool,
             prefix: prefix.to_owned(),
-            producer,
+            producer: Mutex::new(producer),
+            producer_config,
             admin,
             meta: Arc::new(meta),
             consumer_config,
@@ -234,6 +240,35 @@ impl KafkaLog {
         Ok((fetched, Some((reader, lost))))
     }
 
+    /// A publish failed: the error, after replacing the producer if it
+    /// cannot produce again (a fatal error, or the broker fenced it after
+    /// timed-out messages: a new producer id starts afresh; the ids keep
+    /// retried messages from being stored twice).
+    fn failed(&self, producer: &FutureProducer, e: rdkafka::error::KafkaError) -> Error {
+        use RDKafkaErrorCode::*;
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                ProducerFenced
+                    | InvalidProducerEpoch
+                    | UnknownProducerId
+                    | OutOfOrderSequenceNumber
+            )
+        );
+        if fenced || producer.client().fatal_error().is_some() {
+            tracing::warn!(error = %e, "kafka producer cannot go on; replacing it");
+            match self.producer_config.create::<FutureProducer>() {
+                Ok(p) => {
+                    let old = std::mem::replace(&mut *self.producer.lock(), p);
+                    // Closing a producer waits for what it still holds.
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot create a kafka producer"),
+            }
+        }
+        unavailable("produce", e)
+    }
+
     /// Starts the reader again from the group's stored cursors.
     async fn resync(&self, reader: &Reader, topic: &str, group: &str) -> Result<()> {
         let pos = state::cursors(&mut *self.pool.acquire().await?, topic, group).await?;
@@ -308,6 +343,7 @@ impl MessageLog for KafkaLog {
                 .collect();
         let name = self.kafka_topic(&topic.name);
         let at = now();
+        let producer = self.producer.lock().clone();
         let mut pending = Vec::new();
         let mut sent = std::collections::HashSet::new();
         for m in &msgs {
@@ -330,19 +366,18 @@ impl MessageLog for KafkaLog {
                 .payload(&m.payload)
                 .headers(headers)
                 .timestamp(at);
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| unavailable("produce", e))?;
-            pending.push((m.id.clone(), delivery));
+            match producer.send_result(record) {
+                Ok(delivery) => pending.push((m.id.clone(), delivery)),
+                Err((e, _)) => return Err(self.failed(&producer, e)),
+            }
         }
         let mut fresh = Vec::with_capacity(pending.len());
         for (id, delivery) in pending {
-            let d = delivery
-                .await
-                .map_err(|_| Error::Unavailable("kafka produce: the producer closed".into()))?
-                .map_err(|(e, _)| unavailable("produce", e))?;
-            fresh.push((id, d.partition, d.offset));
+            match delivery.await {
+                Ok(Ok(d)) => fresh.push((id, d.partition, d.offset)),
+                Ok(Err((e, _))) => return Err(self.failed(&producer, e)),
+                Err(_) => return Err(unavailable("produce", "the producer closed")),
+            }
         }
         let mut c = self.pool.acquire().await?;
         let fresh_ids: Vec<String> = fresh.iter().map(|f| f.0.clone()).collect();

@@ -53,6 +53,20 @@ impl Mesh {
     }
 
     pub async fn start_with(db: Db, bus: Arc<dyn devcycle::bus::EventBus>) -> Self {
+        Self::start_full(db, bus, None).await
+    }
+
+    /// PostgreSQL with messages in Kafka at `brokers`.
+    pub async fn start_on_kafka(brokers: &str) -> Self {
+        let bus = Arc::new(devcycle::bus::InProcessBus::default());
+        Self::start_full(Db::Kafka, bus, Some(brokers.to_owned())).await
+    }
+
+    async fn start_full(
+        db: Db,
+        bus: Arc<dyn devcycle::bus::EventBus>,
+        brokers: Option<String>,
+    ) -> Self {
         let pki = TestPki::new();
         let stop = CancellationToken::new();
         let mut dirs = Vec::new();
@@ -85,8 +99,10 @@ impl Mesh {
         };
         let kafka = match db {
             Db::Kafka => (
-                std::env::var("DEVCYCLE_TEST_KAFKA_BROKERS")
-                    .unwrap_or_else(|_| "127.0.0.1:9092".into()),
+                brokers.unwrap_or_else(|| {
+                    std::env::var("DEVCYCLE_TEST_KAFKA_BROKERS")
+                        .unwrap_or_else(|_| "127.0.0.1:9092".into())
+                }),
                 format!("t{}", uuid::Uuid::new_v4().simple()),
             ),
             _ => (String::new(), "devcycle".into()),
@@ -218,9 +234,13 @@ impl Mesh {
 
     /// The `Messages` service the scheduler serves, as the test user.
     pub fn messages(&self) -> MessagesClient<Channel> {
+        self.messages_of(&self.scheduler)
+    }
+
+    pub fn messages_of(&self, scheduler: &str) -> MessagesClient<Channel> {
         let ch = devcycle::client::channel(
             &self.user(),
-            &self.scheduler,
+            scheduler,
             TestPki::id(Kind::Service, "scheduler"),
         )
         .unwrap();

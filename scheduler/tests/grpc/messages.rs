@@ -645,6 +645,50 @@ async fn only_maintainers_use_a_triggers_group_and_readers_see_dead_letters(db: 
     owner.list_dead_letters(list).await.unwrap();
 }
 
+/// On Kafka a group's members may be served by different schedulers:
+/// each reads ahead, and a message becomes the group's through the one
+/// compare-and-set that moves its cursor, so nothing is delivered twice or
+/// skipped; an ack on either scheduler counts.
+#[tokio::test]
+async fn a_group_spans_schedulers_on_kafka() {
+    let m = Mesh::start(Db::Kafka).await;
+    let other = m.replica().await;
+    let mut a = m.messages();
+    let mut b = m.messages_of(&other);
+    create(&mut a, "shared", 0).await;
+    let mut sa = subscribe(&mut a, "shared", "g", At::Earliest(true), 16, 30_000).await;
+    let mut sb = subscribe(&mut b, "shared", "g", At::Earliest(true), 16, 30_000).await;
+    const N: usize = 60;
+    for i in 0..N {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        publish(c, "shared", &format!("s{i}")).await;
+    }
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut by = [0usize; 2];
+    while seen.len() < N {
+        // Whichever stream delivers first; its message is acked on the
+        // other scheduler.
+        let (got, from) = tokio::select! {
+            m = next(&mut sa) => (m, 0),
+            m = next(&mut sb) => (m, 1),
+        };
+        by[from] += 1;
+        *seen.entry(got.id.clone()).or_default() += 1;
+        let c = if from == 0 { &mut b } else { &mut a };
+        ack(c, "shared", "g", &[got.id.as_str()]).await;
+    }
+    assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
+    assert!((0..N).all(|i| seen.contains_key(&format!("s{i}"))));
+    // Nothing more is due: a late message still reaches the group once.
+    publish(&mut b, "shared", "late").await;
+    let (got, _) = tokio::select! {
+        m = next(&mut sa) => (m, 0),
+        m = next(&mut sb) => (m, 1),
+    };
+    assert_eq!((got.id.as_str(), got.delivery), ("late", 1));
+    eprintln!("deliveries by scheduler: {by:?}");
+}
+
 crate::on_both_logs!(
     published_messages_reach_a_group_once_and_repeats_are_not_stored,
     what_a_departed_subscriber_held_goes_to_the_rest_of_its_group,
