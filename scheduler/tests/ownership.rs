@@ -6,36 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{Db, Mesh};
-use devcycle::identity::Kind;
+use common::mesh::{AsUser, Db, Mesh};
 use devcycle::proto::scheduler::v1 as pb;
 use devcycle::proto::scheduler::v1::scheduler_client::SchedulerClient;
-use devcycle::testkit::TestPki;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type AddPrincipal =
-    Box<dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
-type Client = SchedulerClient<InterceptedService<Channel, AddPrincipal>>;
+type Client = SchedulerClient<AsUser>;
 
-/// The scheduler as the gateway calls it for `subject` with `roles`.
 fn as_user(m: &Mesh, subject: &str, roles: &str) -> Client {
-    let ch = devcycle::client::channel(
-        &m.pki.identity(Kind::Service, "gateway"),
-        &m.scheduler,
-        TestPki::id(Kind::Service, "scheduler"),
-    )
-    .unwrap();
-    let (subject, roles) = (subject.to_owned(), roles.to_owned());
-    let add: AddPrincipal = Box::new(move |mut req| {
-        let md = req.metadata_mut();
-        md.insert(devcycle::authz::SUBJECT_HEADER, subject.parse().unwrap());
-        md.insert(devcycle::authz::ROLES_HEADER, roles.parse().unwrap());
-        md.insert(devcycle::authz::SESSION_HEADER, "s1".parse().unwrap());
-        Ok(req)
-    });
-    SchedulerClient::with_interceptor(ch, add)
+    SchedulerClient::new(m.as_user(subject, roles))
 }
 
 fn hang(key: &str) -> pb::SubmitTaskRequest {

@@ -75,7 +75,10 @@ impl KafkaLog {
             // A publish waits this long for Kafka, then fails UNAVAILABLE;
             // its retry (same ids) is not stored twice.
             .set("message.timeout.ms", "10000")
-            .set("queue.buffering.max.ms", "1");
+            .set("queue.buffering.max.ms", "1")
+            // Room for the largest message the service accepts (1 MiB of
+            // payload, 256 KiB of headers); the broker's limit is its own.
+            .set("message.max.bytes", "2097152");
         let producer = producer_config
             .create()
             .map_err(|e| unavailable("producer", e))?;
@@ -186,6 +189,8 @@ impl KafkaLog {
                 None => moves.push((p, st.pos[m.partition as usize], m.offset + 1)),
             }
         }
+        // In partition order, as every reader of the group locks them.
+        moves.sort_unstable();
         let (parts, from, to): (Vec<i32>, Vec<i64>, Vec<i64>) = moves.iter().copied().fold(
             (Vec::new(), Vec::new(), Vec::new()),
             |mut acc, (p, f, t)| {
@@ -246,6 +251,12 @@ impl KafkaLog {
     /// retried messages from being stored twice).
     fn failed(&self, producer: &FutureProducer, e: rdkafka::error::KafkaError) -> Error {
         use RDKafkaErrorCode::*;
+        if e.rdkafka_error_code() == Some(MessageSizeTooLarge) {
+            return Error::Invalid(devcycle::validate::FieldError::new(
+                "payload",
+                "with its key and headers, larger than the Kafka broker accepts",
+            ));
+        }
         let fenced = matches!(
             e.rdkafka_error_code(),
             Some(
@@ -285,6 +296,18 @@ fn partition_of(m: &NewMessage, partitions: u32) -> i32 {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     (h % u64::from(partitions)) as i32
+}
+
+/// A transaction PostgreSQL gave up on for a concurrent one (a deadlock, a
+/// serialization failure) is worth retrying, not a fault.
+fn contended(e: Error) -> Error {
+    if let Error::Database(db) = &e
+        && let sqlx::Error::Database(d) = &**db
+        && matches!(d.code().as_deref(), Some("40P01" | "40001"))
+    {
+        return Error::Unavailable(format!("concurrent delivery: {d}"));
+    }
+    e
 }
 
 fn now() -> i64 {
@@ -389,7 +412,8 @@ impl MessageLog for KafkaLog {
             &fresh.iter().map(|f| f.2).collect::<Vec<_>>(),
             &vec![at; fresh.len()],
         )
-        .await?;
+        .await
+        .map_err(contended)?;
         // A concurrent publish of an id may have placed it first.
         let firsts = state::places(&mut c, &topic.name, &fresh_ids).await?;
         let ours: std::collections::HashSet<(String, u32, i64)> = fresh
@@ -489,7 +513,7 @@ impl MessageLog for KafkaLog {
                 if let Some(r) = reader {
                     let _ = self.resync(&r, &topic.name, lease.group).await;
                 }
-                Err(e)
+                Err(contended(e))
             }
         }
     }

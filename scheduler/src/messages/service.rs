@@ -186,7 +186,20 @@ impl Inner {
                 woken.as_mut().enable();
                 let room = credits.saturating_sub(log.held(&t.name, &group, &holder).await?);
                 if room > 0 {
-                    let batch = log.deliver(&t, lease, room).await?;
+                    let batch = match log.deliver(&t, lease, room).await {
+                        Ok(batch) => batch,
+                        // The database or the broker is briefly away, or a
+                        // concurrent delivery won: the subscriber stays.
+                        Err(Error::Unavailable(why)) => {
+                            tracing::warn!(topic = %t.name, group, why, "delivery failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                                _ = tx.closed() => return Ok(()),
+                                _ = self.shutdown.cancelled() => return Ok(()),
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if !batch.is_empty() {
                         // Other members sleeping past these deadlines
                         // learn of them.

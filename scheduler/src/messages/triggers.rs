@@ -146,34 +146,69 @@ fn as_json(m: &pb::Message) -> Value {
     })
 }
 
-fn passes(t: &TriggerRow, m: &pb::Message, doc: &Value) -> bool {
+/// A trigger with its filters and inputs parsed, once per reader.
+struct Compiled {
+    row: TriggerRow,
+    /// Dotted path, split, to the value expected there.
+    payload_filter: Vec<(Vec<String>, Value)>,
+    /// Input name to its template, or why the stored text does not parse.
+    inputs: Vec<(String, std::result::Result<Value, String>)>,
+}
+
+impl Compiled {
+    fn new(row: TriggerRow) -> Self {
+        let payload_filter = row
+            .payload_filter
+            .iter()
+            .map(|(path, want)| {
+                (
+                    path.split('.').map(str::to_owned).collect(),
+                    serde_json::from_str(want).unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        let inputs = row
+            .inputs
+            .iter()
+            .map(|(name, text)| {
+                let v = serde_json::from_str(text).map_err(|e| format!("inputs[{name}]: {e}"));
+                (name.clone(), v)
+            })
+            .collect();
+        Self {
+            row,
+            payload_filter,
+            inputs,
+        }
+    }
+}
+
+fn passes(t: &Compiled, m: &pb::Message, doc: &Value) -> bool {
     let headers = t
+        .row
         .header_filter
         .iter()
         .all(|(k, v)| m.headers.get(k) == Some(v));
     headers
-        && t.payload_filter.iter().all(|(path, want)| {
-            let path: Vec<String> = path.split('.').map(str::to_owned).collect();
-            let want: Value = serde_json::from_str(want).unwrap_or(Value::Null);
-            template::select(&doc["payload"], &path) == Some(&want)
-        })
+        && t.payload_filter
+            .iter()
+            .all(|(path, want)| template::select(&doc["payload"], path) == Some(want))
 }
 
 /// The run's inputs for one message, as JSON text.
 fn render_inputs(
-    t: &TriggerRow,
+    t: &Compiled,
     doc: &Value,
 ) -> std::result::Result<HashMap<String, String>, String> {
     t.inputs
         .iter()
-        .map(|(name, text)| {
-            let v: Value =
-                serde_json::from_str(text).map_err(|e| format!("inputs[{name}]: {e}"))?;
+        .map(|(name, v)| {
+            let v = v.as_ref().map_err(Clone::clone)?;
             let lookup = |r: &Ref| match r {
                 Ref::Message(path) => template::select(doc, path),
                 _ => None,
             };
-            let out = template::render(&v, &lookup, template::MAX_RENDERED_BYTES)
+            let out = template::render(v, &lookup, template::MAX_RENDERED_BYTES)
                 .map_err(|e| format!("inputs[{name}]: {e}"))?;
             Ok((name.clone(), out.to_string()))
         })
@@ -189,14 +224,15 @@ enum Fail {
 
 async fn fire(
     runs: &SchedulerService,
-    t: &TriggerRow,
+    c: &Compiled,
     m: &pb::Message,
 ) -> std::result::Result<Outcome, Fail> {
     let doc = as_json(m);
-    if !passes(t, m, &doc) {
+    if !passes(c, m, &doc) {
         return Ok(Outcome::Skipped);
     }
-    let inputs = render_inputs(t, &doc).map_err(Fail::Never)?;
+    let inputs = render_inputs(c, &doc).map_err(Fail::Never)?;
+    let t = &c.row;
     let key = format!("trigger/{}/{}", t.id, m.id);
     match runs
         .start_stored(t.owner.clone(), &t.workflow, &inputs, &key)
@@ -286,12 +322,13 @@ impl Inner {
         stop: CancellationToken,
     ) {
         let group = t.group();
+        let t = Compiled::new(t);
         while !stop.is_cancelled() {
-            let topic = match log.get_topic(&t.topic).await {
+            let topic = match log.get_topic(&t.row.topic).await {
                 Ok(Some(topic)) => topic,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, trigger = %t.name, "cannot read the trigger's topic");
+                    tracing::warn!(error = %e, trigger = %t.row.name, "cannot read the trigger's topic");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -315,7 +352,7 @@ impl Inner {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, trigger = %t.name, "trigger delivery failed");
+                        tracing::warn!(error = %e, trigger = %t.row.name, "trigger delivery failed");
                         break;
                     }
                     None => break,
@@ -334,12 +371,13 @@ impl Inner {
         &self,
         log: &dyn MessageLog,
         runs: &SchedulerService,
-        t: &TriggerRow,
+        c: &Compiled,
         topic: &TopicRow,
         group: &str,
         m: pb::Message,
     ) {
-        let outcome = match fire(runs, t, &m).await {
+        let t = &c.row;
+        let outcome = match fire(runs, c, &m).await {
             Ok(o) => log
                 .ack(&topic.name, group, std::slice::from_ref(&m.id))
                 .await
@@ -382,8 +420,8 @@ async fn all_triggers(log: &dyn MessageLog) -> Result<Vec<TriggerRow>> {
 mod tests {
     use super::*;
 
-    fn trigger() -> TriggerRow {
-        TriggerRow {
+    fn trigger() -> Compiled {
+        Compiled::new(TriggerRow {
             name: "t".into(),
             id: "i".into(),
             topic: "pushes".into(),
@@ -403,7 +441,7 @@ mod tests {
             skipped: 0,
             last_run_id: String::new(),
             last_error: String::new(),
-        }
+        })
     }
 
     fn message(event: &str, payload: &str) -> pb::Message {

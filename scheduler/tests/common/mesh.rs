@@ -39,6 +39,13 @@ impl Drop for Mesh {
     }
 }
 
+/// Adds the principal the gateway forwards to each request.
+pub type AddPrincipal =
+    Box<dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
+
+/// A channel to a scheduler as the gateway calls it for someone.
+pub type AsUser = tonic::service::interceptor::InterceptedService<Channel, AddPrincipal>;
+
 pub enum Db {
     Sqlite,
     Postgres,
@@ -233,6 +240,25 @@ impl Mesh {
     }
 
     /// The `Messages` service the scheduler serves, as the test user.
+    /// The scheduler as the gateway calls it for `subject` with `roles`.
+    pub fn as_user(&self, subject: &str, roles: &str) -> AsUser {
+        let ch = devcycle::client::channel(
+            &self.pki.identity(Kind::Service, "gateway"),
+            &self.scheduler,
+            TestPki::id(Kind::Service, "scheduler"),
+        )
+        .unwrap();
+        let (subject, roles) = (subject.to_owned(), roles.to_owned());
+        let add: AddPrincipal = Box::new(move |mut req| {
+            let md = req.metadata_mut();
+            md.insert(devcycle::authz::SUBJECT_HEADER, subject.parse().unwrap());
+            md.insert(devcycle::authz::ROLES_HEADER, roles.parse().unwrap());
+            md.insert(devcycle::authz::SESSION_HEADER, "s1".parse().unwrap());
+            Ok(req)
+        });
+        tonic::service::interceptor::InterceptedService::new(ch, add)
+    }
+
     pub fn messages(&self) -> MessagesClient<Channel> {
         self.messages_of(&self.scheduler)
     }

@@ -143,8 +143,11 @@ pub(super) async fn claim(
     times: &[i64],
 ) -> Result<()> {
     sqlx::query(
+        // In id order: concurrent claims of the same ids (a publish and a
+        // read, two groups' reads) take their locks in one order.
         "INSERT INTO msg_ids (topic, id, part, off, publish_time)
          SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[])
+           AS u(id, part, off, t) ORDER BY id
          ON CONFLICT (topic, id) DO NOTHING",
     )
     .bind(topic)
