@@ -203,7 +203,7 @@ impl KafkaLog {
         let moved = state::advance(tx, &topic.name, lease.group, &parts, &from, &to).await?;
         fetched.retain(|m| moved.contains(&m.partition));
         let ids: Vec<String> = fetched.iter().map(|m| m.id.clone()).collect();
-        state::claim(
+        let first: HashMap<String, (u32, i64)> = state::claim(
             tx,
             &topic.name,
             &ids,
@@ -214,12 +214,10 @@ impl KafkaLog {
             &fetched.iter().map(|m| m.offset).collect::<Vec<_>>(),
             &fetched.iter().map(|m| m.publish_time).collect::<Vec<_>>(),
         )
-        .await?;
-        let first: HashMap<String, (u32, i64)> = state::places(tx, &topic.name, &ids)
-            .await?
-            .into_iter()
-            .map(|(id, p, o)| (id, (p, o)))
-            .collect();
+        .await?
+        .into_iter()
+        .map(|(id, p, o)| (id, (p, o)))
+        .collect();
         // Copies of an id produced again are not the message.
         fetched.retain(|m| first.get(&m.id) == Some(&(m.partition, m.offset)));
         state::hold(
@@ -404,7 +402,8 @@ impl MessageLog for KafkaLog {
         }
         let mut c = self.pool.acquire().await?;
         let fresh_ids: Vec<String> = fresh.iter().map(|f| f.0.clone()).collect();
-        state::claim(
+        // A concurrent publish of an id may have placed it first.
+        let firsts = state::claim(
             &mut c,
             &topic.name,
             &fresh_ids,
@@ -414,8 +413,6 @@ impl MessageLog for KafkaLog {
         )
         .await
         .map_err(contended)?;
-        // A concurrent publish of an id may have placed it first.
-        let firsts = state::places(&mut c, &topic.name, &fresh_ids).await?;
         let ours: std::collections::HashSet<(String, u32, i64)> = fresh
             .into_iter()
             .map(|(id, p, o)| (id, p as u32, o))
@@ -427,18 +424,19 @@ impl MessageLog for KafkaLog {
             }
             placed.insert(id, (p, o));
         }
-        Ok(msgs
-            .iter()
+        msgs.iter()
             .map(|m| {
-                let (partition, offset) = placed[&m.id];
-                Placed {
+                let (partition, offset) = *placed.get(&m.id).ok_or_else(|| {
+                    Error::Corrupt(format!("message {} was produced but has no place", m.id))
+                })?;
+                Ok(Placed {
                     partition,
                     offset,
                     // Only the first of repeats within the batch is new.
                     duplicate: !new_ids.remove(&m.id),
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn join(&self, topic: &TopicRow, group: &str, start: Start, replay: bool) -> Result<()> {

@@ -133,7 +133,8 @@ pub(super) async fn places(
     .collect())
 }
 
-/// Claims the first place of each id; an id already placed keeps its place.
+/// Claims the first place of each id (an id already placed keeps its
+/// place) and returns the first place of every id: one statement.
 pub(super) async fn claim(
     c: &mut PgConnection,
     topic: &str,
@@ -141,23 +142,45 @@ pub(super) async fn claim(
     parts: &[i32],
     offs: &[i64],
     times: &[i64],
-) -> Result<()> {
-    sqlx::query(
-        // In id order: concurrent claims of the same ids (a publish and a
-        // read, two groups' reads) take their locks in one order.
-        "INSERT INTO msg_ids (topic, id, part, off, publish_time)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[])
-           AS u(id, part, off, t) ORDER BY id
-         ON CONFLICT (topic, id) DO NOTHING",
+) -> Result<Vec<(String, u32, i64)>> {
+    // In id order: concurrent claims of the same ids (a publish and a
+    // read, two groups' reads) take their locks in one order. The final
+    // SELECT sees `msg_ids` as it was before the INSERT: the two halves
+    // are the ids placed now and those placed earlier. An id a concurrent
+    // claim committed in between is in neither: it is read again.
+    let mut out: Vec<(String, u32, i64)> = sqlx::query_as::<_, (String, i32, i64)>(
+        "WITH u AS (
+           SELECT * FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[])
+             AS u(id, part, off, t)),
+         ins AS (
+           INSERT INTO msg_ids (topic, id, part, off, publish_time)
+           SELECT $1, id, part, off, t FROM u ORDER BY id
+           ON CONFLICT (topic, id) DO NOTHING RETURNING id, part, off)
+         SELECT id, part, off FROM ins
+         UNION ALL
+         SELECT i.id, i.part, i.off FROM msg_ids i JOIN u ON i.topic = $1 AND i.id = u.id",
     )
     .bind(topic)
     .bind(ids)
     .bind(parts)
     .bind(offs)
     .bind(times)
-    .execute(c)
-    .await?;
-    Ok(())
+    .fetch_all(&mut *c)
+    .await?
+    .into_iter()
+    .map(|(id, p, o)| (id, p as u32, o))
+    .collect();
+    if out.len() < ids.len() {
+        let found: std::collections::HashSet<&str> = out.iter().map(|r| r.0.as_str()).collect();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !found.contains(id.as_str()))
+            .cloned()
+            .collect();
+        let late = places(c, topic, &missing).await?;
+        out.extend(late);
+    }
+    Ok(out)
 }
 
 /// The group's cursors, by partition; empty if the group is new.
