@@ -275,11 +275,34 @@ async fn messages_survive_kafka_stopped_for_30_seconds() {
         .unwrap()
         .into_inner();
     const N: usize = 300;
+    let pid = broker.child.id().to_string();
+    let signal = move |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // The broker stops once a third of the messages are published, with
+    // the rest still to publish.
+    let (stop_now, stop) = tokio::sync::oneshot::channel::<()>();
+    let outage = tokio::spawn(async move {
+        stop.await.expect("the publisher reached a third");
+        signal("-STOP");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        signal("-CONT");
+    });
     let publisher = {
         let mut c = c.clone();
         tokio::spawn(async move {
             let mut failed = 0;
+            let mut stop_now = Some(stop_now);
             for i in 0..N {
+                if i == N / 3 {
+                    let _ = stop_now.take().expect("once").send(());
+                }
                 loop {
                     let r = c
                         .publish(mpb::PublishRequest {
@@ -303,18 +326,7 @@ async fn messages_survive_kafka_stopped_for_30_seconds() {
             failed
         })
     };
-    let pid = broker.child.id().to_string();
-    let signal = move |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
     let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut resumed = None;
     let deadline = Instant::now() + Duration::from_secs(240);
     while seen.len() < N {
         assert!(
@@ -322,14 +334,6 @@ async fn messages_survive_kafka_stopped_for_30_seconds() {
             "{} of {N} messages arrived",
             seen.len()
         );
-        if seen.len() >= 100 && resumed.is_none() {
-            signal("-STOP");
-            let signal = signal.clone();
-            resumed = Some(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                signal("-CONT");
-            }));
-        }
         let Ok(got) = tokio::time::timeout(Duration::from_secs(5), s.message()).await else {
             continue;
         };
@@ -343,7 +347,7 @@ async fn messages_survive_kafka_stopped_for_30_seconds() {
         .await
         .unwrap();
     }
-    resumed.expect("the broker was stopped").await.unwrap();
+    outage.await.unwrap();
     let failed = publisher.await.unwrap();
     assert!((0..N).all(|i| seen.contains_key(&format!("m{i}"))));
     let again: u32 = seen.values().map(|n| n - 1).sum();

@@ -29,7 +29,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::PgPool;
 
-use self::reader::{ID_HEADER, Reader};
+use self::reader::{ID_HEADER, Reader, State};
 use super::{
     DeadRow, Lease, MessageLog, NewMessage, Outcome, Placed, Start, Stored, TopicRow, TriggerRow,
     Wakes,
@@ -90,7 +90,8 @@ impl KafkaLog {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "20");
+            .set("fetch.wait.max.ms", "20")
+            .set("queued.max.messages.kbytes", "8192");
         let meta = consumer_config
             .create()
             .map_err(|e| unavailable("consumer", e))?;
@@ -135,12 +136,37 @@ impl KafkaLog {
         .map_err(|e| Error::Unavailable(format!("kafka watermarks: {e}")))?
     }
 
+    /// How many partitions the Kafka topic has.
+    async fn partitions_of(&self, name: &str) -> Result<usize> {
+        let (meta, name) = (Arc::clone(&self.meta), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let md = meta
+                .fetch_metadata(Some(&name), KAFKA_TIMEOUT)
+                .map_err(|e| unavailable("metadata", e))?;
+            Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|e| unavailable("metadata", e))?
+    }
+
     /// This scheduler's reader of the group, started at its cursors; `None`
-    /// if the group has none.
+    /// if the group has none. Called with no transaction open.
     async fn reader(&self, topic: &TopicRow, group: &str) -> Result<Option<Arc<Reader>>> {
         let key = (topic.name.clone(), group.to_owned());
-        if let Some(r) = self.readers.lock().get(&key) {
-            return Ok(Some(Arc::clone(r)));
+        {
+            let mut readers = self.readers.lock();
+            // Close readers no subscriber used for a while (deleted
+            // triggers' groups, departed subscribers').
+            readers.retain(|k, r| {
+                *k == key
+                    || Arc::strong_count(r) > 1
+                    || r.state
+                        .try_lock()
+                        .map_or(true, |s| s.used.elapsed() < IDLE_READER)
+            });
+            if let Some(r) = readers.get(&key) {
+                return Ok(Some(Arc::clone(r)));
+            }
         }
         let pos = state::cursors(&mut *self.pool.acquire().await?, &topic.name, group).await?;
         if pos.is_empty() {
@@ -152,33 +178,31 @@ impl KafkaLog {
             pos,
             (self.wakes)(&topic.name),
         )?);
-        let mut readers = self.readers.lock();
-        // Close readers no subscriber used for a while.
-        readers.retain(|_, r| {
-            Arc::strong_count(r) > 1
-                || r.state
-                    .try_lock()
-                    .map_or(true, |s| s.used.elapsed() < IDLE_READER)
-        });
-        Ok(Some(Arc::clone(readers.entry(key).or_insert(reader))))
+        Ok(Some(Arc::clone(
+            self.readers.lock().entry(key).or_insert(reader),
+        )))
     }
 
-    /// Reads fresh messages for the group and holds them, in `tx`.
+    /// Reads fresh messages for the group and holds them, in `tx`. Returns
+    /// them and where the reader is once `tx` commits, and whether it must
+    /// seek there (its compare-and-set lost, or the group moved).
     async fn fresh(
         &self,
         tx: &mut state::Tx,
+        st: &mut State,
         topic: &TopicRow,
         lease: Lease<'_>,
         visible_at: i64,
         max: usize,
-    ) -> Result<(Vec<Stored>, Option<(Arc<Reader>, Vec<u32>)>)> {
-        let Some(reader) = self.reader(topic, lease.group).await? else {
-            return Ok((Vec::new(), None));
-        };
-        let mut st = reader.state.lock().await;
+    ) -> Result<(Vec<Stored>, Vec<i64>, bool)> {
         let mut fetched = st.take(max);
         if fetched.is_empty() {
-            return Ok((fetched, None));
+            // Caught up: a replay elsewhere moves the group without any
+            // compare-and-set of ours noticing.
+            let stored = state::cursors(tx, &topic.name, lease.group).await?;
+            let moved = !stored.is_empty() && stored != st.pos;
+            let pos = if moved { stored } else { st.pos.clone() };
+            return Ok((fetched, pos, moved));
         }
         // Per partition: from the reader's position to past its last message.
         let mut moves: Vec<(i32, i64, i64)> = Vec::new();
@@ -201,6 +225,21 @@ impl KafkaLog {
             },
         );
         let moved = state::advance(tx, &topic.name, lease.group, &parts, &from, &to).await?;
+        let mut pos = st.pos.clone();
+        for (p, _, t) in &moves {
+            if moved.contains(&(*p as u32)) {
+                pos[*p as usize] = *t;
+            }
+        }
+        let lost = moved.len() < moves.len();
+        if lost {
+            // Another scheduler or a replay moved the group: the reader
+            // starts again where it is, as this transaction sees it.
+            let stored = state::cursors(tx, &topic.name, lease.group).await?;
+            if stored.len() == pos.len() {
+                pos = stored;
+            }
+        }
         fetched.retain(|m| moved.contains(&m.partition));
         let ids: Vec<String> = fetched.iter().map(|m| m.id.clone()).collect();
         let first: HashMap<String, (u32, i64)> = state::claim(
@@ -220,7 +259,7 @@ impl KafkaLog {
         .collect();
         // Copies of an id produced again are not the message.
         fetched.retain(|m| first.get(&m.id) == Some(&(m.partition, m.offset)));
-        state::hold(
+        let held = state::hold(
             tx,
             &topic.name,
             lease.group,
@@ -229,18 +268,9 @@ impl KafkaLog {
             &fetched,
         )
         .await?;
-        for (p, _, t) in &moves {
-            if moved.contains(&(*p as u32)) {
-                st.pos[*p as usize] = *t;
-            }
-        }
-        drop(st);
-        let lost = parts
-            .iter()
-            .map(|&p| p as u32)
-            .filter(|p| !moved.contains(p))
-            .collect();
-        Ok((fetched, Some((reader, lost))))
+        // A message the group holds already is not delivered twice.
+        fetched.retain(|m| held.contains(&m.id));
+        Ok((fetched, pos, lost))
     }
 
     /// A publish failed: the error, after replacing the producer if it
@@ -276,13 +306,6 @@ impl KafkaLog {
             }
         }
         unavailable("produce", e)
-    }
-
-    /// Starts the reader again from the group's stored cursors.
-    async fn resync(&self, reader: &Reader, topic: &str, group: &str) -> Result<()> {
-        let pos = state::cursors(&mut *self.pool.acquire().await?, topic, group).await?;
-        reader.state.lock().await.restart(reader, pos);
-        Ok(())
     }
 }
 
@@ -333,7 +356,17 @@ impl MessageLog for KafkaLog {
             .map_err(|e| unavailable("create topic", e))?;
         for r in created {
             match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => {}
+                // Left by an earlier attempt, or a concurrent create: usable
+                // only with the partitions this topic asks for.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    let have = self.partitions_of(&name).await?;
+                    if have != t.partitions as usize {
+                        return Err(Error::FailedPrecondition(format!(
+                            "topic.partitions: Kafka topic {name} exists with {have} partitions"
+                        )));
+                    }
+                }
                 Err((_, code)) => return Err(unavailable("create topic", code)),
             }
         }
@@ -472,44 +505,48 @@ impl MessageLog for KafkaLog {
     }
 
     async fn deliver(&self, topic: &TopicRow, lease: Lease<'_>, max: usize) -> Result<Vec<Stored>> {
+        // The reader's lock comes before any row lock, in every delivery of
+        // the group on this scheduler.
+        let reader = self.reader(topic, lease.group).await?;
+        let mut st = match &reader {
+            Some(r) => Some(r.state.lock().await),
+            None => None,
+        };
         let at = now();
         let visible = at + lease.deadline_ms;
-        let mut tx = self.pool.begin().await?;
-        let mut out = state::redeliver(&mut tx, topic, lease, at, visible, max).await?;
-        let room = max.saturating_sub(out.len());
-        let fresh = if room == 0 {
-            Ok((Vec::new(), None))
-        } else {
-            self.fresh(&mut tx, topic, lease, visible, room).await
-        };
-        let committed = match fresh {
-            Ok((msgs, reader)) => tx
-                .commit()
-                .await
-                .map(|_| (msgs, reader))
-                .map_err(Error::from),
-            Err(e) => Err(e),
-        };
-        match committed {
-            Ok((msgs, reader)) => {
-                if let Some((reader, lost)) = reader
-                    && !lost.is_empty()
-                {
-                    self.resync(&reader, &topic.name, lease.group).await?;
+        let result = async {
+            let mut tx = self.pool.begin().await?;
+            let mut out = state::redeliver(&mut tx, topic, lease, at, visible, max).await?;
+            let room = max.saturating_sub(out.len());
+            let mut seek = None;
+            if let Some(st) = st.as_deref_mut()
+                && room > 0
+            {
+                let (fresh, pos, restart) =
+                    self.fresh(&mut tx, st, topic, lease, visible, room).await?;
+                out.extend(fresh);
+                seek = Some((pos, restart));
+            }
+            tx.commit().await?;
+            Ok::<_, Error>((out, seek))
+        }
+        .await;
+        match (result, reader.as_deref(), st.as_deref_mut()) {
+            (Ok((out, Some((pos, restart)))), Some(r), Some(st)) => {
+                if restart {
+                    st.restart(r, pos);
+                } else {
+                    st.pos = pos;
                 }
-                out.extend(msgs);
                 Ok(out)
             }
-            Err(e) => {
+            (Ok((out, _)), ..) => Ok(out),
+            (Err(e), reader, st) => {
                 // What the reader proposed did not become the group's: it
-                // reads it again.
-                let reader = self
-                    .readers
-                    .lock()
-                    .get(&(topic.name.clone(), lease.group.to_owned()))
-                    .cloned();
-                if let Some(r) = reader {
-                    let _ = self.resync(&r, &topic.name, lease.group).await;
+                // reads it again from where it was.
+                if let (Some(r), Some(st)) = (reader, st) {
+                    let pos = st.pos.clone();
+                    st.restart(r, pos);
                 }
                 Err(contended(e))
             }

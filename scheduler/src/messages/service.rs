@@ -179,27 +179,33 @@ impl Inner {
             holder: &holder,
             deadline_ms,
         };
+        // The database or the broker briefly away, or a concurrent
+        // delivery that won: the subscriber stays and tries again.
+        macro_rules! or_retry {
+            ($call:expr) => {
+                match $call {
+                    Ok(v) => v,
+                    Err(Error::Unavailable(why)) => {
+                        tracing::warn!(topic = %t.name, group, why, "delivery failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                            _ = tx.closed() => return Ok(()),
+                            _ = self.shutdown.cancelled() => return Ok(()),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+        }
         let outcome: Result<()> = async {
             loop {
                 let woken = wake.notified();
                 tokio::pin!(woken);
                 woken.as_mut().enable();
-                let room = credits.saturating_sub(log.held(&t.name, &group, &holder).await?);
+                let room =
+                    credits.saturating_sub(or_retry!(log.held(&t.name, &group, &holder).await));
                 if room > 0 {
-                    let batch = match log.deliver(&t, lease, room).await {
-                        Ok(batch) => batch,
-                        // The database or the broker is briefly away, or a
-                        // concurrent delivery won: the subscriber stays.
-                        Err(Error::Unavailable(why)) => {
-                            tracing::warn!(topic = %t.name, group, why, "delivery failed; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                                _ = tx.closed() => return Ok(()),
-                                _ = self.shutdown.cancelled() => return Ok(()),
-                            }
-                        }
-                        Err(e) => return Err(e),
-                    };
+                    let batch = or_retry!(log.deliver(&t, lease, room).await);
                     if !batch.is_empty() {
                         // Other members sleeping past these deadlines
                         // learn of them.
@@ -221,7 +227,7 @@ impl Inner {
                 // could take may be due: any of the group's while it has
                 // credits, else one of its own (which frees a credit).
                 let mine = (room == 0).then_some(holder.as_str());
-                let wait = match log.next_redelivery(&t.name, &group, mine).await? {
+                let wait = match or_retry!(log.next_redelivery(&t.name, &group, mine).await) {
                     Some(at) => (at - now_ms()).clamp(5, 60_000),
                     None => 60_000,
                 };

@@ -637,8 +637,15 @@ async fn a_group_spans_schedulers_on_kafka() {
     let mut a = m.messages();
     let mut b = m.messages_of(&other);
     create(&mut a, "shared", 0).await;
-    let mut sa = subscribe(&mut a, "shared", "g", At::Earliest(true), 16, 30_000).await;
-    let mut sb = subscribe(&mut b, "shared", "g", At::Earliest(true), 16, 30_000).await;
+    // Both join the new group at once: it is placed once.
+    let (sa, sb) = {
+        let (mut a, mut b) = (a.clone(), b.clone());
+        tokio::join!(
+            async move { subscribe(&mut a, "shared", "g", At::Earliest(true), 10, 30_000).await },
+            async move { subscribe(&mut b, "shared", "g", At::Earliest(true), 10, 30_000).await },
+        )
+    };
+    let (mut sa, mut sb) = (sa, sb);
     const N: usize = 60;
     for i in 0..N {
         let c = if i % 2 == 0 { &mut a } else { &mut b };
@@ -646,28 +653,44 @@ async fn a_group_spans_schedulers_on_kafka() {
     }
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut by = [0usize; 2];
+    let mut unacked: Vec<(String, usize)> = Vec::new();
     while seen.len() < N {
-        // Whichever stream delivers first; its message is acked on the
-        // other scheduler.
         let (got, from) = tokio::select! {
             m = next(&mut sa) => (m, 0),
             m = next(&mut sb) => (m, 1),
         };
         by[from] += 1;
         *seen.entry(got.id.clone()).or_default() += 1;
-        let c = if from == 0 { &mut b } else { &mut a };
-        ack(c, "shared", "g", &[got.id.as_str()]).await;
+        unacked.push((got.id, from));
+        // Nothing is acked until both schedulers delivered: one holding
+        // its 10 credits leaves the rest to the other. Then each message
+        // is acked on the scheduler that did not deliver it.
+        if by[0] > 0 && by[1] > 0 {
+            for (id, from) in unacked.drain(..) {
+                let c = if from == 0 { &mut b } else { &mut a };
+                ack(c, "shared", "g", &[id.as_str()]).await;
+            }
+        }
     }
+    assert!(by[0] > 0 && by[1] > 0, "both schedulers delivered: {by:?}");
     assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
     assert!((0..N).all(|i| seen.contains_key(&format!("s{i}"))));
-    // Nothing more is due: a late message still reaches the group once.
+    // Nothing more is due: a late message reaches the group once, and
+    // nothing else follows it.
     publish(&mut b, "shared", "late").await;
-    let (got, _) = tokio::select! {
-        m = next(&mut sa) => (m, 0),
-        m = next(&mut sb) => (m, 1),
+    let got = tokio::select! {
+        m = next(&mut sa) => m,
+        m = next(&mut sb) => m,
     };
     assert_eq!((got.id.as_str(), got.delivery), ("late", 1));
-    eprintln!("deliveries by scheduler: {by:?}");
+    let quiet = tokio::time::timeout(Duration::from_millis(500), async {
+        tokio::select! {
+            m = sa.message() => m,
+            m = sb.message() => m,
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "nothing else is delivered: {quiet:?}");
 }
 
 crate::on_both_logs!(

@@ -21,8 +21,9 @@ use crate::messages::Stored;
 /// The header that carries a message's id.
 pub(super) const ID_HEADER: &str = "devcycle-id";
 
-/// How far a reader fetches ahead of its group.
-const BUFFER: usize = 1024;
+/// How many messages a reader fetches ahead of its group (librdkafka's
+/// own queue is bounded in bytes: `queued.max.messages.kbytes`).
+const BUFFER: usize = 256;
 
 pub(super) struct Reader {
     /// New positions (one per partition) for the fetch task to seek to.
@@ -97,7 +98,8 @@ impl State {
         out
     }
 
-    /// Starts again from `pos`, dropping what was fetched ahead.
+    /// Starts again from `pos`, dropping what was fetched ahead. Needs no
+    /// database: safe on any error path.
     pub(super) fn restart(&mut self, reader: &Reader, pos: Vec<i64>) {
         self.epoch += 1;
         self.pos = pos.clone();

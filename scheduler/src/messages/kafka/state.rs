@@ -197,8 +197,9 @@ pub(super) async fn cursors(c: &mut PgConnection, topic: &str, group: &str) -> R
     .collect())
 }
 
-/// Places the group's cursors (one per partition, in order); with
-/// `replay`, forgets what it holds at or after them.
+/// Places the group's cursors (one per partition, in order) if it has
+/// none; with `replay` always, forgetting what it holds at or after them.
+/// Two schedulers joining a new group at once place it once.
 pub(super) async fn place(
     tx: &mut Tx,
     topic: &str,
@@ -210,12 +211,14 @@ pub(super) async fn place(
     sqlx::query(
         "INSERT INTO msg_cursors (topic, grp, part, next_offset)
          SELECT $1, $2, * FROM UNNEST($3::int[], $4::bigint[])
-         ON CONFLICT (topic, grp, part) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+         ON CONFLICT (topic, grp, part) DO UPDATE SET next_offset = EXCLUDED.next_offset
+         WHERE $5",
     )
     .bind(topic)
     .bind(group)
     .bind(&parts)
     .bind(at)
+    .bind(replay)
     .execute(&mut **tx)
     .await?;
     if replay {
@@ -260,7 +263,8 @@ pub(super) async fn advance(
     .collect())
 }
 
-/// Holds freshly read messages for `holder` until `visible_at`.
+/// Holds freshly read messages for `holder` until `visible_at`; returns
+/// the ids it held (not those the group holds already).
 pub(super) async fn hold(
     tx: &mut Tx,
     topic: &str,
@@ -268,17 +272,17 @@ pub(super) async fn hold(
     holder: &str,
     visible_at: i64,
     msgs: &[Stored],
-) -> Result<()> {
+) -> Result<std::collections::HashSet<String>> {
     let mut cols = Columns::default();
     for m in msgs {
         cols.push(m);
     }
-    sqlx::query(
+    let held: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO msg_held (topic, grp, id, part, off, key, payload, headers, publish_time,
                                delivery, holder, visible_at)
          SELECT $1, $2, *, 1, $10, $11 FROM UNNEST($3::text[], $4::int[], $5::bigint[],
              $6::text[], $7::bytea[], $8::text[], $9::bigint[])
-         ON CONFLICT (topic, grp, id) DO NOTHING",
+         ON CONFLICT (topic, grp, id) DO NOTHING RETURNING id",
     )
     .bind(topic)
     .bind(group)
@@ -291,9 +295,9 @@ pub(super) async fn hold(
     .bind(&cols.times)
     .bind(holder)
     .bind(visible_at)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    Ok(held.into_iter().map(|(id,)| id).collect())
 }
 
 #[derive(Default)]
