@@ -68,6 +68,15 @@ fn start_broker(port: u16) -> Broker {
     Broker { child }
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`) to the broker.
+fn signal(pid: u32, sig: &str) {
+    let sent = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {sig} {pid}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -200,16 +209,8 @@ async fn a_stalled_broker_keeps_each_runs_order() {
     let before = run_some(&m, 3).await;
     let first = collect(&c, &before).await;
     assert_eq!(first.len(), before.len(), "events before the stall");
-    let pid = broker.child.id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = broker.child.id();
+    let signal = |sig: &str| signal(pid, sig);
     // Runs go on while the broker is stopped, mid-publish.
     let during = {
         let m = &m;
@@ -275,16 +276,8 @@ async fn messages_survive_kafka_stopped_for_30_seconds() {
         .unwrap()
         .into_inner();
     const N: usize = 300;
-    let pid = broker.child.id().to_string();
-    let signal = move |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = broker.child.id();
+    let signal = move |sig: &str| signal(pid, sig);
     // The broker stops once a third of the messages are published, with
     // the rest still to publish.
     let (stop_now, stop) = tokio::sync::oneshot::channel::<()>();

@@ -583,11 +583,7 @@ impl MessageLog for KafkaLog {
             return Ok(false);
         };
         if delivery >= topic.max_deliveries {
-            let why = if reason.is_empty() {
-                format!("nacked on delivery {delivery}")
-            } else {
-                format!("nacked on delivery {delivery}: {reason}")
-            };
+            let why = super::nack_reason(delivery, reason);
             state::bury(&mut tx, &topic.name, group, id, &why, now()).await?;
         } else {
             state::postpone(&mut tx, &topic.name, group, id, now() + delay_ms).await?;
@@ -607,18 +603,8 @@ impl MessageLog for KafkaLog {
         after: &str,
         limit: usize,
     ) -> Result<Vec<DeadRow>> {
-        let after: i64 = match after {
-            "" => 0,
-            s => s
-                .split_once('/')
-                .and_then(|(seq, _)| seq.parse().ok())
-                .ok_or_else(|| {
-                    Error::Invalid(devcycle::validate::FieldError::new(
-                        "page_token",
-                        "not a token from a previous response",
-                    ))
-                })?,
-        };
+        // Dead letters have a sequence of their own: the group is not needed.
+        let (after, _) = super::dead_page(after)?;
         state::dead_letters(&self.pool, topic, group, after, limit).await
     }
 

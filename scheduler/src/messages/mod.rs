@@ -135,6 +135,31 @@ pub enum Outcome {
     },
 }
 
+/// Why a message nacked at its last delivery is dead.
+pub(crate) fn nack_reason(delivery: u32, reason: &str) -> String {
+    if reason.is_empty() {
+        format!("nacked on delivery {delivery}")
+    } else {
+        format!("nacked on delivery {delivery}: {reason}")
+    }
+}
+
+/// A dead-letter page token (`<seq>/<group>`, empty for the first page).
+pub(crate) fn dead_page(after: &str) -> Result<(i64, String)> {
+    if after.is_empty() {
+        return Ok((0, String::new()));
+    }
+    after
+        .split_once('/')
+        .and_then(|(seq, g)| Some((seq.parse().ok()?, g.to_owned())))
+        .ok_or_else(|| {
+            crate::error::Error::Invalid(devcycle::validate::FieldError::new(
+                "page_token",
+                "not a token from a previous response",
+            ))
+        })
+}
+
 /// A group's delivery: who holds it, and until when.
 #[derive(Debug, Clone, Copy)]
 pub struct Lease<'a> {

@@ -575,11 +575,7 @@ impl MessageLog for SqliteLog {
                 return Ok(false);
             };
             if delivery >= max_deliveries {
-                let why = if reason.is_empty() {
-                    format!("nacked on delivery {delivery}")
-                } else {
-                    format!("nacked on delivery {delivery}: {reason}")
-                };
+                let why = super::nack_reason(delivery, &reason);
                 bury(tx, &name, &group, seq, delivery, &why)?;
             } else {
                 tx.prepare_cached(
@@ -613,18 +609,7 @@ impl MessageLog for SqliteLog {
         after: &str,
         limit: usize,
     ) -> Result<Vec<DeadRow>> {
-        let (after, after_group): (i64, String) = match after {
-            "" => (0, String::new()),
-            s => s
-                .split_once('/')
-                .and_then(|(seq, g)| Some((seq.parse().ok()?, g.to_owned())))
-                .ok_or_else(|| {
-                    Error::Invalid(devcycle::validate::FieldError::new(
-                        "page_token",
-                        "not a token from a previous response",
-                    ))
-                })?,
-        };
+        let (after, after_group) = super::dead_page(after)?;
         let (topic, group) = (topic.to_owned(), group.to_owned());
         self.worker
             .run(move |c| {
